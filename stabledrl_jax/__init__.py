@@ -1,0 +1,21 @@
+"""stabledrl_jax: stable reinforcement-learning fine-tuning for JAX and optax.
+
+Gradient-side clipping that is exact on any number of devices, and the
+StableDRL objective (unconditional ratio capping, self-normalized weights).
+"""
+
+from stabledrl_jax.clipping import ClipState
+from stabledrl_jax.clipping import conditional_clip
+from stabledrl_jax.clipping import unconditional_clip
+from stabledrl_jax.norms import global_norm
+from stabledrl_jax.norms import global_norm_squared
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "ClipState",
+    "conditional_clip",
+    "global_norm",
+    "global_norm_squared",
+    "unconditional_clip",
+)

@@ -1,0 +1,237 @@
+"""Unconditional and conditional global-norm clipping as optax transforms.
+
+Both scale the updates by ``min(1, max_norm / ||g||)``; they differ in how the
+compiled program gets there:
+
+* :func:`unconditional_clip` always multiplies. The program has no branch, so
+  XLA fuses the scale into the next transform's pass (e.g. AdamW's moment
+  update): the clip costs one extra read of the gradients for the norm.
+* :func:`conditional_clip` evaluates ``||g|| > max_norm`` and takes one of two
+  branches with ``jax.lax.cond``. Results agree with the unconditional clip to
+  float rounding; the branch is a fusion barrier, so the rescaled gradients are
+  materialised before the optimizer reads them again.
+
+Both share the norm of :mod:`stabledrl_jax.norms` (float32 accumulation,
+exact under ``pmap``/``shard_map`` and across processes) and the non-finite
+policy: with ``nonfinite="zero"`` a step whose norm is NaN/inf yields all-zero
+updates, so no NaN reaches the parameters.
+
+References:
+  Pascanu et al., `On the difficulty of training recurrent neural networks
+  <https://arxiv.org/abs/1211.5063>`_, 2013.
+  Zhong et al., `Stabilizing Reinforcement Learning for Diffusion Language
+  Models <https://arxiv.org/abs/2603.06743>`_, 2026.
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from stabledrl_jax import norms
+from stabledrl_jax import validation
+from stabledrl_jax.distributed import AxisName
+
+NONFINITE_POLICIES = ("zero", "propagate")
+
+
+class ClipState(NamedTuple):
+  """State of :func:`unconditional_clip` and :func:`conditional_clip`.
+
+  Identical on every replica after each update; arrays only, so it round-trips
+  through numpy and checkpoints.
+
+  Attributes:
+    global_norm: float32 pre-clip global norm of the last update.
+    scale: float32 factor applied to the last update (0 for a non-finite step
+      under ``nonfinite="zero"``).
+    num_clipped: int32 number of steps whose norm exceeded ``max_norm``.
+    num_nonfinite: int32 number of steps whose norm was NaN or inf.
+  """
+  global_norm: jax.Array
+  scale: jax.Array
+  num_clipped: jax.Array
+  num_nonfinite: jax.Array
+
+
+def init_clip_state() -> ClipState:
+  """A fresh :class:`ClipState`: norm 0, scale 1, counters 0."""
+  return ClipState(
+      global_norm=jnp.zeros((), jnp.float32),
+      scale=jnp.ones((), jnp.float32),
+      num_clipped=jnp.zeros((), jnp.int32),
+      num_nonfinite=jnp.zeros((), jnp.int32),
+  )
+
+
+def check_clip_args(max_norm: Any, axis_name: Optional[AxisName],
+                    partition_specs: Any, nonfinite: str) -> None:
+  """Validates the arguments shared by the clipping transforms."""
+  validation.check_positive("max_norm", max_norm)
+  validation.check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+  norms.check_layout(axis_name, partition_specs)
+
+
+def clip_scale(norm: jax.Array, max_norm: Any) -> jax.Array:
+  """``min(1, max_norm / norm)`` in float32; 1 when ``norm == 0``."""
+  max_norm = jnp.asarray(max_norm, jnp.float32)
+  # max_norm / 0 is +inf, so a zero norm gives exactly 1, never NaN.
+  return jnp.minimum(1.0, max_norm / norm)
+
+
+def scale_updates(updates: Any, scale: jax.Array, finite: Optional[jax.Array]):
+  """``u * scale`` on floating leaves; zero where ``finite`` is False.
+
+  ``finite=None`` skips the guard (the "propagate" policy). Non-floating leaves
+  pass through unchanged.
+  """
+  def scale_leaf(u):
+    if not norms.is_counted(u):
+      return u
+    scaled = u * scale.astype(u.dtype)
+    if finite is None:
+      return scaled
+    return jnp.where(finite, scaled, jnp.zeros((), u.dtype))
+  return jax.tree.map(scale_leaf, updates)
+
+
+def _next_state(state: ClipState, norm: jax.Array, scale: jax.Array,
+                max_norm: Any) -> ClipState:
+  finite = jnp.isfinite(norm)
+  clipped = finite & (norm > jnp.asarray(max_norm, jnp.float32))
+  return ClipState(
+      global_norm=norm,
+      scale=scale.astype(jnp.float32),
+      num_clipped=state.num_clipped + clipped.astype(jnp.int32),
+      num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+  )
+
+
+def unconditional_clip(
+    max_norm: Any,
+    *,
+    axis_name: Optional[AxisName] = None,
+    partition_specs: Any = None,
+    nonfinite: str = "zero",
+) -> optax.GradientTransformation:
+  """Scales updates by ``min(1, max_norm / ||g||)`` with no branch.
+
+  The same arithmetic runs every step; the compiled update contains no
+  ``conditional`` and no select on the norm other than the non-finite guard.
+  A drop-in replacement for ``optax.clip_by_global_norm`` with exact float32
+  norms and distributed layouts (see :func:`stabledrl_jax.global_norm`).
+
+  Args:
+    max_norm: the largest global norm an update may have; a positive finite
+      number, or an array traced by ``optax.inject_hyperparams``.
+    axis_name: mapped axis name(s) every leaf is split over (FSDP/ZeRO-style
+      sharded gradients inside ``pmap``/``shard_map``). For plain data
+      parallelism, ``pmean`` the gradients first and leave this None.
+    partition_specs: pytree of ``PartitionSpec`` matching the updates, for
+      leaves split over different mesh axes (or replicated).
+    nonfinite: ``"zero"`` returns all-zero updates for a step whose norm is
+      NaN/inf and counts it; ``"propagate"`` lets NaN/inf through like optax.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a :class:`ClipState`.
+
+  Raises:
+    ValueError: ``max_norm`` is a concrete number that is ≤ 0, NaN or inf;
+      ``nonfinite`` is unknown; both ``axis_name`` and ``partition_specs`` are
+      given; ``partition_specs`` does not match the updates (at update time).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = unconditional_clip(1.0)
+    >>> grads = {"w": jnp.array([3.0, 4.0])}
+    >>> clipped, state = tx.update(grads, tx.init(grads))
+    >>> clipped["w"], float(state.global_norm), int(state.num_clipped)
+    (Array([0.6, 0.8], dtype=float32), 5.0, 1)
+    >>> opt = optax.chain(unconditional_clip(1.0), optax.adamw(1e-3))
+  """
+  check_clip_args(max_norm, axis_name, partition_specs, nonfinite)
+
+  def init_fn(params):
+    del params
+    return init_clip_state()
+
+  def update_fn(updates, state, params=None):
+    del params
+    norm = norms.global_norm(
+        updates, axis_name=axis_name, partition_specs=partition_specs)
+    scale = clip_scale(norm, max_norm)
+    if nonfinite == "zero":
+      finite = jnp.isfinite(norm)
+      scale = jnp.where(finite, scale, 0.0)
+      updates = scale_updates(updates, scale, finite)
+    else:
+      updates = scale_updates(updates, scale, None)
+    return updates, _next_state(state, norm, scale, max_norm)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def conditional_clip(
+    max_norm: Any,
+    *,
+    axis_name: Optional[AxisName] = None,
+    partition_specs: Any = None,
+    nonfinite: str = "zero",
+) -> optax.GradientTransformation:
+  """Rescales updates only when ``||g|| > max_norm``, with ``jax.lax.cond``.
+
+  The branching twin of :func:`unconditional_clip`: same arguments, same
+  results (to 1e-6 relative), same :class:`ClipState`. The compiled update
+  holds one ``conditional``; XLA cannot fuse across it, so inside an optimizer
+  step the rescaled gradients are written out and read back.
+
+  With ``nonfinite="zero"`` the branch has three arms (keep, rescale, zero)
+  selected by ``jax.lax.switch``; with ``"propagate"`` two (``jax.lax.cond``).
+
+  Args:
+    max_norm: see :func:`unconditional_clip`.
+    axis_name: see :func:`unconditional_clip`.
+    partition_specs: see :func:`unconditional_clip`.
+    nonfinite: see :func:`unconditional_clip`.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a :class:`ClipState`.
+
+  Raises:
+    ValueError: as :func:`unconditional_clip`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = conditional_clip(10.0)
+    >>> grads = {"w": jnp.array([3.0, 4.0])}
+    >>> clipped, state = tx.update(grads, tx.init(grads))
+    >>> clipped["w"], float(state.scale)
+    (Array([3., 4.], dtype=float32), 1.0)
+  """
+  check_clip_args(max_norm, axis_name, partition_specs, nonfinite)
+
+  def init_fn(params):
+    del params
+    return init_clip_state()
+
+  def update_fn(updates, state, params=None):
+    del params
+    norm = norms.global_norm(
+        updates, axis_name=axis_name, partition_specs=partition_specs)
+    scale = clip_scale(norm, max_norm)
+    keep = lambda u: u
+    rescale = lambda u: scale_updates(u, scale, None)
+    over = norm > jnp.asarray(max_norm, jnp.float32)
+    if nonfinite == "zero":
+      finite = jnp.isfinite(norm)
+      zero = lambda u: scale_updates(u, jnp.zeros((), jnp.float32), False)
+      branch = jnp.where(finite, over.astype(jnp.int32), 2)
+      updates = jax.lax.switch(branch, (keep, rescale, zero), updates)
+      applied = jnp.where(finite, jnp.where(over, scale, 1.0), 0.0)
+    else:
+      updates = jax.lax.cond(over, rescale, keep, updates)
+      applied = jnp.where(over, scale, 1.0)
+    return updates, _next_state(state, norm, applied, max_norm)
+
+  return optax.GradientTransformation(init_fn, update_fn)

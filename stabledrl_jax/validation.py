@@ -1,0 +1,46 @@
+"""Argument checks shared by the transforms and losses.
+
+Each check raises ``ValueError`` naming the argument and the value it got, at
+construction time, for values known on the host. Traced values (for example a
+``max_norm`` injected by ``optax.inject_hyperparams`` inside ``jax.jit``) are
+accepted as they are: they cannot be inspected without a host sync.
+"""
+
+import math
+from collections.abc import Collection
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+
+def concrete_scalar(name: str, value: Any) -> Optional[float]:
+  """Returns ``value`` as a Python float, or None when it is traced.
+
+  Raises:
+    ValueError: ``value`` is concrete but not a real scalar.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    array = np.asarray(value)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return None
+  if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or (
+      np.iscomplexobj(array)):
+    raise ValueError(f"{name} must be a real scalar, got {value!r}.")
+  return float(array)
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises unless a concrete ``value`` is finite and > 0."""
+  number = concrete_scalar(name, value)
+  if number is not None and not (math.isfinite(number) and number > 0):
+    raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
+  """Raises unless ``value`` is one of ``choices``."""
+  if value not in choices:
+    raise ValueError(
+        f"{name} must be one of {sorted(choices)}, got {value!r}.")
