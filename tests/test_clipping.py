@@ -1,0 +1,402 @@
+"""Single-device tests of global_norm, unconditional_clip and conditional_clip."""
+
+import re
+
+import chex
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+import stabledrl_jax as sdrl
+
+CLIPS = (sdrl.unconditional_clip, sdrl.conditional_clip)
+
+
+def np_norm(tree):
+  """Float64 NumPy reference norm of the floating leaves."""
+  total = 0.0
+  for leaf in jax.tree.leaves(tree):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) or a.dtype == jnp.bfloat16:
+      total += float(np.sum(a.astype(np.float64) ** 2))
+    elif np.iscomplexobj(a):
+      total += float(np.sum(np.abs(a.astype(np.complex128)) ** 2))
+  return np.sqrt(total)
+
+
+def np_clip(tree, max_norm):
+  """NumPy reference clip (float64 arithmetic)."""
+  norm = np_norm(tree)
+  scale = 1.0 if norm <= max_norm else max_norm / norm
+  return jax.tree.map(lambda x: np.asarray(x, np.float64) * scale, tree)
+
+
+def count_conditionals(hlo_text):
+  return len(re.findall(r"\bconditional\(", hlo_text))
+
+
+def make_tree(seed=0, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return {
+      "dense": {"w": jnp.asarray(rng.normal(size=(5, 3)) * scale, jnp.float32),
+                "b": jnp.asarray(rng.normal(size=(3,)) * scale, jnp.float32)},
+      "emb": [jnp.asarray(rng.normal(size=(7,)) * scale, jnp.float32)],
+  }
+
+
+# ---------------------------------------------------------------- global_norm
+
+
+def test_global_norm_matches_numpy_on_mixed_tree():
+  tree = {"a": jnp.array([3.0, 4.0]), "b": jnp.ones((2, 2), jnp.bfloat16),
+          "c": jnp.array([1 + 2j], jnp.complex64), "step": jnp.int32(7),
+          "mask": jnp.array([True, False]), "none": None}
+  norm = sdrl.global_norm(tree)
+  assert norm.dtype == jnp.float32 and norm.shape == ()
+  # 9 + 16 + 4 * 1 + |1+2j|^2 = 34; ints, bools and None do not count.
+  np.testing.assert_allclose(float(norm), np.sqrt(34.0), rtol=1e-7)
+  np.testing.assert_allclose(float(sdrl.global_norm_squared(tree)), 34.0,
+                             rtol=1e-7)
+
+
+def test_global_norm_of_empty_and_integer_trees_is_zero():
+  assert float(sdrl.global_norm({})) == 0.0
+  assert float(sdrl.global_norm({"n": jnp.arange(4)})) == 0.0
+
+
+def test_fp16_tree_of_300s_does_not_overflow():
+  tree = [jnp.full((64, 64), 300.0, jnp.float16) for _ in range(4)]
+  truth = np_norm(tree)  # 300 * sqrt(4 * 4096) = 38400
+  assert float(optax.tree.norm(tree)) == np.inf  # why this test exists
+  np.testing.assert_allclose(float(sdrl.global_norm(tree)), truth, rtol=5e-3)
+
+
+def test_thousand_bf16_leaves_keep_their_mass():
+  tree = [jnp.ones((), jnp.bfloat16) for _ in range(1000)]
+  np.testing.assert_allclose(float(sdrl.global_norm_squared(tree)), 1000.0,
+                             rtol=5e-3)
+  np.testing.assert_allclose(float(sdrl.global_norm(tree)), np.sqrt(1000.0),
+                             rtol=5e-3)
+
+
+def test_global_norm_without_axes_adds_no_collective():
+  tree = make_tree()
+  hlo = jax.jit(sdrl.global_norm).lower(tree).as_text()
+  assert "all-reduce" not in hlo and "all_reduce" not in hlo
+
+
+def test_axis_name_and_partition_specs_are_exclusive():
+  tree = make_tree()
+  specs = jax.tree.map(lambda _: P(), tree)
+  with pytest.raises(ValueError, match="axis_name.*partition_specs"):
+    sdrl.global_norm(tree, axis_name="x", partition_specs=specs)
+
+
+def test_partition_specs_structure_mismatch_names_the_path():
+  tree = make_tree()
+  specs = {"dense": {"w": P(), "bias": P()}, "emb": [P()]}
+  with pytest.raises(ValueError, match=r"\['dense'\]\['b'\].*\['dense'\]\['bias'\]"):
+    sdrl.global_norm(tree, partition_specs=specs)
+  with pytest.raises(ValueError, match=r"\['emb'\]\[1\]"):
+    sdrl.global_norm(tree, partition_specs={"dense": {"w": P(), "b": P()},
+                                            "emb": [P(), P()]})
+  with pytest.raises(ValueError, match="PartitionSpec"):
+    sdrl.global_norm(tree, partition_specs={"dense": {"w": P(), "b": "x"},
+                                            "emb": [P()]})
+
+
+# ------------------------------------------------------------ clip arithmetic
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("max_norm", [0.5, 3.0, 100.0])
+def test_clip_matches_numpy_and_optax(clip, max_norm):
+  tree = make_tree(scale=1.0)
+  tx = clip(max_norm)
+  updates, state = jax.jit(tx.update)(tree, tx.init(tree))
+  chex.assert_trees_all_close(updates, np_clip(tree, max_norm), rtol=1e-6)
+  reference, _ = optax.clip_by_global_norm(max_norm).update(tree, ())
+  chex.assert_trees_all_close(updates, reference, rtol=1e-6)
+  norm = np_norm(tree)
+  np.testing.assert_allclose(float(state.global_norm), norm, rtol=1e-6)
+  np.testing.assert_allclose(float(state.scale), min(1.0, max_norm / norm),
+                             rtol=1e-6)
+  assert int(state.num_clipped) == int(norm > max_norm)
+  assert int(state.num_nonfinite) == 0
+
+
+@pytest.mark.parametrize("nonfinite", ["zero", "propagate"])
+def test_conditional_equals_unconditional(nonfinite):
+  for seed, scale in [(0, 0.1), (1, 1.0), (2, 30.0)]:
+    tree = make_tree(seed, scale)
+    outs = []
+    for clip in CLIPS:
+      tx = clip(2.0, nonfinite=nonfinite)
+      outs.append(jax.jit(tx.update)(tree, tx.init(tree)))
+    chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-6)
+
+
+finite_arrays = hnp.arrays(
+    np.float32, hnp.array_shapes(min_dims=1, max_dims=2, max_side=6),
+    elements=st.floats(-1e3, 1e3, width=32))
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(leaves=st.lists(finite_arrays, min_size=1, max_size=4),
+                  max_norm=st.floats(1e-3, 1e3))
+def test_clip_properties(leaves, max_norm):
+  tree = [jnp.asarray(x) for x in leaves]
+  tx = sdrl.unconditional_clip(max_norm)
+  updates, state = tx.update(tree, tx.init(tree))
+  norm = np_norm(tree)
+  out_norm = np_norm(updates)
+  # Bounded.
+  assert out_norm <= max_norm * (1 + 1e-6) + 1e-30
+  if norm <= max_norm * (1 - 1e-6):
+    # Identity below the threshold.
+    chex.assert_trees_all_equal(updates, tree)
+  elif norm > 0:
+    # Direction kept: every leaf is the same positive multiple of the input.
+    flat_in = np.concatenate([np.ravel(x) for x in leaves]).astype(np.float64)
+    flat_out = np.concatenate([np.ravel(x) for x in updates]).astype(
+        np.float64)
+    np.testing.assert_allclose(flat_out, flat_in * (max_norm / norm),
+                               rtol=2e-6, atol=1e-6 * max_norm)
+  assert float(state.scale) <= 1.0
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_zero_gradients_pass_unchanged(clip):
+  tree = jax.tree.map(jnp.zeros_like, make_tree())
+  tx = clip(1.0)
+  updates, state = tx.update(tree, tx.init(tree))
+  chex.assert_trees_all_equal(updates, tree)
+  chex.assert_tree_all_finite(updates)
+  assert float(state.scale) == 1.0 and float(state.global_norm) == 0.0
+  assert int(state.num_clipped) == 0
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_low_precision_leaves_keep_their_dtype(clip):
+  tree = {"h": jnp.full((8,), 300.0, jnp.float16),
+          "b": jnp.full((8,), 2.0, jnp.bfloat16)}
+  tx = clip(1.0)
+  updates, state = jax.jit(tx.update)(tree, tx.init(tree))
+  assert updates["h"].dtype == jnp.float16 and updates["b"].dtype == jnp.bfloat16
+  chex.assert_tree_all_finite(updates)
+  np.testing.assert_allclose(np_norm(updates), 1.0, rtol=1e-2)
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_non_floating_leaves_pass_through_and_empty_tree_works(clip):
+  tree = {"w": jnp.array([30.0, 40.0]), "step": jnp.int32(3),
+          "mask": jnp.array([True, False]), "skip": None}
+  tx = clip(5.0)
+  updates, _ = jax.jit(tx.update)(tree, tx.init(tree))
+  assert updates["step"] is not None and int(updates["step"]) == 3
+  np.testing.assert_array_equal(updates["mask"], tree["mask"])
+  assert updates["skip"] is None
+  np.testing.assert_allclose(updates["w"], [3.0, 4.0], rtol=1e-6)
+  empty, state = tx.update({}, tx.init({}))
+  assert empty == {} and float(state.global_norm) == 0.0
+
+
+# ------------------------------------------------------------ non-finite steps
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_step_is_zeroed_and_counted(clip, bad):
+  tx = clip(1.0)
+  good = {"w": jnp.array([3.0, 4.0]), "b": jnp.array([1.0], jnp.bfloat16)}
+  poisoned = {"w": jnp.array([bad, 4.0]), "b": jnp.array([1.0], jnp.bfloat16)}
+  update = jax.jit(tx.update)
+  state = tx.init(good)
+  out, state = update(poisoned, state)
+  for leaf in jax.tree.leaves(out):
+    np.testing.assert_array_equal(np.asarray(leaf, np.float32), 0.0)
+  assert int(state.num_nonfinite) == 1 and float(state.scale) == 0.0
+  assert not np.isfinite(float(state.global_norm))
+  # The next finite step clips normally.
+  out, state = update(good, state)
+  chex.assert_trees_all_close(out, np_clip(good, 1.0), rtol=1e-2)
+  assert int(state.num_nonfinite) == 1 and int(state.num_clipped) == 1
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_propagate_lets_nan_through_like_optax(clip):
+  tx = clip(1.0, nonfinite="propagate")
+  tree = {"w": jnp.array([np.nan, 4.0])}
+  out, state = tx.update(tree, tx.init(tree))
+  assert np.isnan(np.asarray(out["w"])).any()
+  assert int(state.num_nonfinite) == 1
+
+
+def test_counters_over_several_steps():
+  tx = sdrl.unconditional_clip(1.0)
+  update = jax.jit(tx.update)
+  norms = [0.5, 2.0, np.nan, 3.0, 0.9, np.inf, 1.5]
+  state = tx.init({"w": jnp.zeros(1)})
+  for norm in norms:
+    _, state = update({"w": jnp.array([norm], jnp.float32)}, state)
+  finite = [n for n in norms if np.isfinite(n)]
+  assert int(state.num_clipped) == sum(n > 1.0 for n in finite)
+  assert int(state.num_nonfinite) == len(norms) - len(finite)
+  assert state.num_clipped.dtype == jnp.int32
+  assert state.num_nonfinite.dtype == jnp.int32
+
+
+def test_state_round_trips_through_numpy():
+  tx = sdrl.unconditional_clip(1.0)
+  tree = make_tree(scale=5.0)
+  _, state = tx.update(tree, tx.init(tree))
+  as_numpy = jax.tree.map(np.asarray, state)
+  restored = sdrl.ClipState(*[jnp.asarray(x) for x in as_numpy])
+  chex.assert_trees_all_equal(restored, state)
+  assert [x.dtype for x in state] == [jnp.float32, jnp.float32, jnp.int32,
+                                       jnp.int32]
+  # The restored state keeps working.
+  _, state2 = jax.jit(tx.update)(tree, restored)
+  assert int(state2.num_clipped) == 2
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("max_norm", [0.0, -1.0, np.float32(-2.0), np.nan,
+                                      np.inf, jnp.float32(0.0)])
+def test_bad_max_norm_raises_naming_it(clip, max_norm):
+  with pytest.raises(ValueError, match=r"max_norm.*" + re.escape(repr(max_norm))):
+    clip(max_norm)
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_non_scalar_max_norm_raises(clip):
+  with pytest.raises(ValueError, match="max_norm"):
+    clip(np.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_bad_nonfinite_and_layout_raise(clip):
+  with pytest.raises(ValueError, match="nonfinite.*'skip'"):
+    clip(1.0, nonfinite="skip")
+  with pytest.raises(ValueError, match="axis_name.*partition_specs"):
+    clip(1.0, axis_name="x", partition_specs={"w": P()})
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_mismatched_partition_specs_raise_at_update(clip):
+  tx = clip(1.0, partition_specs={"w": P(), "v": P()})
+  tree = {"w": jnp.ones(2), "b": jnp.ones(2)}
+  with pytest.raises(ValueError, match=r"\['b'\].*\['v'\]"):
+    tx.update(tree, tx.init(tree))
+
+
+# ---------------------------------------------------------- compiled program
+
+
+def test_hlo_unconditional_has_no_conditional_conditional_has_one():
+  tree = make_tree()
+  for clip, expected in [(sdrl.unconditional_clip, 0),
+                         (sdrl.conditional_clip, 1)]:
+    for nonfinite in ["zero", "propagate"]:
+      tx = clip(1.0, nonfinite=nonfinite)
+      hlo = jax.jit(tx.update).lower(tree, tx.init(tree)).compile().as_text()
+      assert count_conditionals(hlo) == expected, (clip, nonfinite)
+
+
+def test_no_retracing_across_steps():
+  tx = optax.chain(sdrl.unconditional_clip(1.0), optax.adam(1e-2))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params = make_tree()
+  opt_state = tx.init(params)
+  for seed in range(4):
+    params, opt_state = step(params, opt_state, make_tree(seed, 10.0))
+  assert int(opt_state[0].num_clipped) == 4
+
+
+# ------------------------------------------------------------------- drop-in
+
+
+def test_inject_hyperparams_changes_take_effect():
+  tx = optax.inject_hyperparams(sdrl.unconditional_clip)(max_norm=1.0)
+  grads = {"w": jnp.array([3.0, 4.0])}
+  update = jax.jit(tx.update)
+  state = tx.init(grads)
+  out, state = update(grads, state)
+  np.testing.assert_allclose(out["w"], [0.6, 0.8], rtol=1e-6)
+  state.hyperparams["max_norm"] = jnp.asarray(2.5)
+  out, state = update(grads, state)
+  np.testing.assert_allclose(out["w"], [1.5, 2.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="max_norm"):
+    optax.inject_hyperparams(sdrl.unconditional_clip)(max_norm=-1.0).init(grads)
+
+
+def test_schedule_through_inject_hyperparams():
+  schedule = optax.linear_schedule(1.0, 5.0, transition_steps=4)
+  tx = optax.inject_hyperparams(sdrl.conditional_clip)(max_norm=schedule)
+  grads = {"w": jnp.array([3.0, 4.0])}
+  state = tx.init(grads)
+  update = jax.jit(tx.update)
+  seen = []
+  for _ in range(5):
+    out, state = update(grads, state)
+    seen.append(float(np.linalg.norm(out["w"])))
+  np.testing.assert_allclose(seen, [1.0, 2.0, 3.0, 4.0, 5.0], rtol=1e-6)
+
+
+def test_multi_steps_accumulates_then_clips():
+  tx = optax.MultiSteps(optax.chain(sdrl.unconditional_clip(1.0),
+                                    optax.sgd(1.0)), every_k_schedule=2)
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  g1, g2 = {"w": jnp.array([6.0, 0.0])}, {"w": jnp.array([0.0, 8.0])}
+  out, state = update(g1, state, params)
+  np.testing.assert_array_equal(out["w"], [0.0, 0.0])
+  out, state = update(g2, state, params)
+  # Mean gradient (3, 4) has norm 5, clipped to 1, then sgd(1.0) negates.
+  np.testing.assert_allclose(out["w"], [-0.6, -0.8], rtol=1e-6)
+
+
+def test_flax_nnx_optimizer():
+  class Linear(nnx.Module):
+
+    def __init__(self, rngs):
+      self.w = nnx.Param(jax.random.normal(rngs.params(), (3, 1)))
+      self.b = nnx.Param(jnp.zeros((1,)))
+
+    def __call__(self, x):
+      return x @ self.w + self.b
+
+  model = Linear(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+      model, optax.chain(sdrl.unconditional_clip(0.1), optax.sgd(1.0)),
+      wrt=nnx.Param)
+  x = jnp.ones((4, 3)) * 10.0
+  y = jnp.zeros((4, 1)) + 100.0
+  before = {"w": np.asarray(model.w[...]), "b": np.asarray(model.b[...])}
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    grads = nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+    optimizer.update(model, grads)
+
+  train_step(model, optimizer)
+  moved = np.sqrt(np.sum((np.asarray(model.w[...]) - before["w"]) ** 2)
+                  + np.sum((np.asarray(model.b[...]) - before["b"]) ** 2))
+  np.testing.assert_allclose(moved, 0.1, rtol=1e-5)
