@@ -1,0 +1,588 @@
+"""Adaptive clipping thresholds and spike skipping, branch-free on any layout.
+
+A fixed ``max_norm`` has to be tuned per task and over-suppresses early in
+training, when norms are large for good reasons. The transforms here set the
+threshold from the statistics of the global norms seen so far:
+
+* :func:`zscore_clip` (ZClip): exponential moving mean and variance of the
+  norm; a norm more than ``z_thresh`` standard deviations above the mean is
+  scaled down to a threshold that shrinks the larger the outlier.
+* :func:`quantile_clip` (AutoClip): the threshold is a quantile of the last
+  ``history`` norms, kept in a ring buffer inside the state.
+* :func:`skip_spikes` wraps any optax optimizer and drops a whole step (zero
+  updates, inner state untouched) when its norm is non-finite, above
+  ``max_norm`` or a z-score outlier against the recent accepted norms.
+
+Every decision is arithmetic plus ``jnp.where``: the compiled update holds no
+``conditional``, so it runs unchanged under ``jax.jit``, ``jax.pmap`` and
+``jax.shard_map``. The norm is :func:`stabledrl_jax.global_norm` (float32,
+exact for split gradients with ``axis_name``/``partition_specs``), so every
+replica computes the same norm and therefore holds the same state.
+
+A non-finite norm (NaN/inf) never enters the statistics: it zeroes the step
+(like ``nonfinite="zero"`` in :func:`stabledrl_jax.unconditional_clip`), is
+counted in ``num_nonfinite``, and leaves the running moments, history and
+window exactly as they were.
+
+References:
+  Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
+  <https://arxiv.org/abs/2504.02507>`_, 2025.
+  Seetharaman et al., `AutoClip: Adaptive Gradient Clipping for Source
+  Separation Networks <https://arxiv.org/abs/2007.14469>`_, 2020.
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from stabledrl_jax import clipping
+from stabledrl_jax import norms
+from stabledrl_jax import validation
+from stabledrl_jax.distributed import AxisName
+
+# Added to the standard deviation before dividing by it, as in ZClip.
+_STD_EPS = 1e-6
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+  """Raises unless ``value`` is a Python/NumPy integer ≥ ``minimum``."""
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, (int, np.integer)) or value < minimum):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _check_unit_interval(name: str, value: Any, *, closed_right: bool) -> None:
+  """Raises unless a concrete ``value`` lies in (0, 1) or (0, 1]."""
+  number = validation.concrete_scalar(name, value)
+  if number is None:
+    return
+  inside = 0.0 < number < 1.0 or (closed_right and number == 1.0)
+  if not inside:
+    interval = "(0, 1]" if closed_right else "(0, 1)"
+    raise ValueError(f"{name} must lie in {interval}, got {value!r}.")
+
+
+def _check_max_norm(max_norm: Any) -> None:
+  if max_norm is not None:
+    validation.check_positive("max_norm", max_norm)
+
+
+def _ceiling(max_norm: Any) -> jax.Array:
+  """``max_norm`` as a float32 scalar, +inf when it is None."""
+  if max_norm is None:
+    return jnp.asarray(jnp.inf, jnp.float32)
+  return jnp.asarray(max_norm, jnp.float32)
+
+
+def _f32(x: Any) -> jax.Array:
+  return jnp.asarray(x, jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# ZClip.
+
+
+class ZScoreClipState(NamedTuple):
+  """State of :func:`zscore_clip`: scalars only, identical on every replica.
+
+  Attributes:
+    count: int32 number of finite norms recorded so far (warm-up included).
+    mean: float32 running mean μ of the norm: the plain mean during warm-up,
+      then the EMA of the clipped norms.
+    var: float32 running variance σ²: the population variance during
+      warm-up, then the EMA.
+    threshold: float32 largest norm the last step let through unchanged,
+      ``min(μ + z_thresh·(σ + 1e-6), max_norm)`` from the statistics before
+      that step (``max_norm``, or +inf without it, during warm-up).
+    global_norm: float32 pre-clip global norm of the last update.
+    scale: float32 factor applied to the last update; the clipped norm is
+      ``global_norm * scale`` (0 for a non-finite step).
+    num_clipped: int32 number of steps that were scaled down.
+    num_nonfinite: int32 number of steps whose norm was NaN or inf.
+  """
+  count: jax.Array
+  mean: jax.Array
+  var: jax.Array
+  threshold: jax.Array
+  global_norm: jax.Array
+  scale: jax.Array
+  num_clipped: jax.Array
+  num_nonfinite: jax.Array
+
+
+def zscore_clip(
+    *,
+    alpha: float = 0.97,
+    z_thresh: float = 2.5,
+    warmup_steps: int = 25,
+    max_norm: Any = None,
+    axis_name: Optional[AxisName] = None,
+    partition_specs: Any = None,
+) -> optax.GradientTransformation:
+  """ZClip: clips global-norm outliers measured by an EMA z-score.
+
+  With ``g`` the global norm of this step and μ, σ² the statistics before it:
+
+  * warm-up (the first ``warmup_steps`` finite norms): μ and σ² are the plain
+    mean and population variance of the norms seen; the step is clipped only
+    at ``max_norm`` when given.
+  * afterwards: ``z = (g − μ) / (σ + 1e-6)``. If ``z > z_thresh`` the
+    threshold is ``μ + z_thresh²·σ / z`` (ZClip's "adaptive_scaling": the
+    larger the outlier, the harder it is scaled down), otherwise none; with
+    ``max_norm`` the effective threshold is ``min(that, max_norm)``. The
+    update is scaled by ``min(1, threshold / g)`` and the EMA is updated with
+    the clipped norm ``g̃ = min(g, threshold)``:
+    ``μ ← αμ + (1−α)g̃``, ``σ² ← ασ² + (1−α)(g̃ − μ_new)²``.
+
+  A non-finite ``g`` gives all-zero updates and leaves μ, σ² and ``count``
+  unchanged. ``warmup_steps=0`` behaves as 1: the statistics start from the
+  first finite norm, which is never z-clipped.
+
+  Args:
+    alpha: EMA decay in (0, 1).
+    z_thresh: z-score above which a norm is an outlier; > 0.
+    warmup_steps: number of finite norms averaged before the EMA takes over;
+      ≥ 0.
+    max_norm: optional hard ceiling on the norm, applied at every step
+      (warm-up included); a positive finite number or a traced scalar.
+    axis_name: mapped axis name(s) every leaf is split over; see
+      :func:`stabledrl_jax.global_norm`.
+    partition_specs: pytree of ``PartitionSpec`` matching the updates; see
+      :func:`stabledrl_jax.global_norm`.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a
+    :class:`ZScoreClipState`.
+
+  Raises:
+    ValueError: ``alpha`` outside (0, 1); ``z_thresh`` ≤ 0 or not finite;
+      ``warmup_steps`` negative or not an integer; ``max_norm`` ≤ 0, NaN or
+      inf; both ``axis_name`` and ``partition_specs`` given.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = zscore_clip(warmup_steps=3)
+    >>> state = tx.init(None)
+    >>> for g in (1.0, 1.2, 0.8):  # warm-up: statistics only
+    ...   _, state = tx.update({"w": jnp.array([g])}, state)
+    >>> round(float(state.mean), 4), round(float(state.var), 4)
+    (1.0, 0.0267)
+    >>> out, state = tx.update({"w": jnp.array([10.0])}, state)  # a spike
+    >>> round(float(out["w"][0]), 4), int(state.num_clipped)
+    (1.0185, 1)
+
+  References:
+    Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
+    <https://arxiv.org/abs/2504.02507>`_, 2025.
+  """
+  _check_unit_interval("alpha", alpha, closed_right=False)
+  validation.check_positive("z_thresh", z_thresh)
+  _check_int("warmup_steps", warmup_steps, 0)
+  _check_max_norm(max_norm)
+  norms.check_layout(axis_name, partition_specs)
+  num_warmup = max(int(warmup_steps), 1)
+
+  def init_fn(params):
+    del params
+    return ZScoreClipState(
+        count=jnp.zeros((), jnp.int32),
+        mean=jnp.zeros((), jnp.float32),
+        var=jnp.zeros((), jnp.float32),
+        threshold=_ceiling(max_norm),
+        global_norm=jnp.zeros((), jnp.float32),
+        scale=jnp.ones((), jnp.float32),
+        num_clipped=jnp.zeros((), jnp.int32),
+        num_nonfinite=jnp.zeros((), jnp.int32),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    norm = norms.global_norm(
+        updates, axis_name=axis_name, partition_specs=partition_specs)
+    finite = jnp.isfinite(norm)
+    a, zt = _f32(alpha), _f32(z_thresh)
+    ceiling = _ceiling(max_norm)
+    warming = state.count < num_warmup
+    mean, var = state.mean, state.var
+    std = jnp.sqrt(jnp.maximum(var, 0.0))
+    z = (norm - mean) / (std + _STD_EPS)
+    outlier = (~warming) & (z > zt)
+    # z > z_thresh > 0 wherever this value is kept, so no division by zero.
+    z_cap = jnp.where(outlier, mean + zt * zt * std / z, jnp.inf)
+    cap = jnp.minimum(z_cap, ceiling)
+
+    scale = jnp.where(finite, clipping.clip_scale(norm, cap), 0.0)
+    updates = clipping.scale_updates(updates, scale, finite)
+
+    # Warm-up: running plain mean and population variance (Welford).
+    n_new = (state.count + 1).astype(jnp.float32)
+    delta = norm - mean
+    warm_mean = mean + delta / n_new
+    warm_var = (var * state.count.astype(jnp.float32)
+                + delta * (norm - warm_mean)) / n_new
+    # After warm-up: EMA of the clipped norm.
+    clipped = jnp.minimum(norm, cap)
+    ema_mean = a * mean + (1.0 - a) * clipped
+    ema_var = a * var + (1.0 - a) * jnp.square(clipped - ema_mean)
+    new_mean = jnp.where(warming, warm_mean, ema_mean)
+    new_var = jnp.where(warming, warm_var, ema_var)
+
+    threshold = jnp.where(
+        warming, ceiling, jnp.minimum(mean + zt * (std + _STD_EPS), ceiling))
+    new_state = ZScoreClipState(
+        count=state.count + finite.astype(jnp.int32),
+        mean=jnp.where(finite, new_mean, mean).astype(jnp.float32),
+        var=jnp.where(finite, new_var, var).astype(jnp.float32),
+        threshold=threshold.astype(jnp.float32),
+        global_norm=norm,
+        scale=scale.astype(jnp.float32),
+        num_clipped=state.num_clipped + (finite & (norm > cap)).astype(
+            jnp.int32),
+        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+    )
+    return updates, new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# AutoClip.
+
+
+class QuantileClipState(NamedTuple):
+  """State of :func:`quantile_clip`: arrays only, identical on every replica.
+
+  Attributes:
+    norms: float32 ``[history]`` ring buffer of the last finite pre-clip
+      norms; slot ``i`` holds the norm recorded when ``count % history == i``.
+    count: int32 number of finite norms recorded so far.
+    threshold: float32 threshold applied to the last step (+inf before
+      ``min_history`` norms were recorded).
+    global_norm: float32 pre-clip global norm of the last update.
+    scale: float32 factor applied to the last update (0 for a non-finite
+      step).
+    num_clipped: int32 number of steps that were scaled down.
+    num_nonfinite: int32 number of steps whose norm was NaN or inf.
+  """
+  norms: jax.Array
+  count: jax.Array
+  threshold: jax.Array
+  global_norm: jax.Array
+  scale: jax.Array
+  num_clipped: jax.Array
+  num_nonfinite: jax.Array
+
+
+def _window_values(buffer: jax.Array, count: jax.Array) -> jax.Array:
+  """Mask of the ring-buffer slots that hold a recorded value."""
+  return jnp.arange(buffer.shape[0]) < count
+
+
+def _ring_quantile(buffer: jax.Array, count: jax.Array,
+                   quantile: Any) -> jax.Array:
+  """``numpy.quantile(recorded, quantile)`` (linear) over the filled slots."""
+  size = buffer.shape[0]
+  filled = _window_values(buffer, count)
+  big = jnp.finfo(jnp.float32).max  # sorts after every real norm, no inf-inf
+  ordered = jnp.sort(jnp.where(filled, buffer, big))
+  n = jnp.clip(count, 1, size)
+  position = (n - 1).astype(jnp.float32) * _f32(quantile)
+  lower = jnp.clip(jnp.floor(position).astype(jnp.int32), 0, size - 1)
+  upper = jnp.minimum(lower + 1, n - 1)
+  frac = position - lower.astype(jnp.float32)
+  low, high = ordered[lower], ordered[upper]
+  return low + frac * (high - low)
+
+
+def quantile_clip(
+    *,
+    quantile: float = 0.9,
+    history: int = 1000,
+    min_history: int = 10,
+    axis_name: Optional[AxisName] = None,
+    partition_specs: Any = None,
+) -> optax.GradientTransformation:
+  """AutoClip: clips at a quantile of the recent global norms.
+
+  The threshold of a step is the ``quantile`` of the last ``history`` finite
+  pre-clip norms, with linear interpolation (``numpy.quantile``'s default),
+  computed *before* this step's norm is recorded; the update is scaled by
+  ``min(1, threshold / g)``. Until ``min_history`` norms are recorded the
+  step passes unchanged. The history is a ``[history]`` ring buffer in the
+  state (no host-side list), so the transform jits, checkpoints and runs
+  under ``shard_map``; each step sorts it once (O(history log history)).
+
+  A non-finite norm gives all-zero updates and is not recorded.
+
+  Args:
+    quantile: which quantile of the history is the threshold, in (0, 1].
+    history: how many recent norms are kept; ≥ 1.
+    min_history: norms needed before clipping starts; 1 ≤ min_history ≤
+      history.
+    axis_name: mapped axis name(s) every leaf is split over; see
+      :func:`stabledrl_jax.global_norm`.
+    partition_specs: pytree of ``PartitionSpec`` matching the updates; see
+      :func:`stabledrl_jax.global_norm`.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a
+    :class:`QuantileClipState`.
+
+  Raises:
+    ValueError: ``quantile`` outside (0, 1]; ``history`` or ``min_history``
+      below 1 or not integers; ``min_history > history``; both ``axis_name``
+      and ``partition_specs`` given.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = quantile_clip(quantile=0.5, history=4, min_history=3)
+    >>> state = tx.init(None)
+    >>> for g in (1.0, 3.0, 2.0):
+    ...   _, state = tx.update({"w": jnp.array([g])}, state)
+    >>> out, state = tx.update({"w": jnp.array([8.0])}, state)  # median 2
+    >>> float(out["w"][0]), float(state.threshold)
+    (2.0, 2.0)
+
+  References:
+    Seetharaman et al., `AutoClip: Adaptive Gradient Clipping for Source
+    Separation Networks <https://arxiv.org/abs/2007.14469>`_, 2020.
+  """
+  _check_unit_interval("quantile", quantile, closed_right=True)
+  _check_int("history", history, 1)
+  _check_int("min_history", min_history, 1)
+  if min_history > history:
+    raise ValueError(
+        f"min_history must be <= history ({history!r}), got {min_history!r}.")
+  norms.check_layout(axis_name, partition_specs)
+  size = int(history)
+
+  def init_fn(params):
+    del params
+    return QuantileClipState(
+        norms=jnp.zeros((size,), jnp.float32),
+        count=jnp.zeros((), jnp.int32),
+        threshold=jnp.asarray(jnp.inf, jnp.float32),
+        global_norm=jnp.zeros((), jnp.float32),
+        scale=jnp.ones((), jnp.float32),
+        num_clipped=jnp.zeros((), jnp.int32),
+        num_nonfinite=jnp.zeros((), jnp.int32),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    norm = norms.global_norm(
+        updates, axis_name=axis_name, partition_specs=partition_specs)
+    finite = jnp.isfinite(norm)
+    ready = state.count >= min_history
+    threshold = jnp.where(
+        ready, _ring_quantile(state.norms, state.count, quantile), jnp.inf)
+    scale = jnp.where(finite, clipping.clip_scale(norm, threshold), 0.0)
+    updates = clipping.scale_updates(updates, scale, finite)
+    recorded = state.norms.at[state.count % size].set(norm)
+    new_state = QuantileClipState(
+        norms=jnp.where(finite, recorded, state.norms),
+        count=state.count + finite.astype(jnp.int32),
+        threshold=threshold.astype(jnp.float32),
+        global_norm=norm,
+        scale=scale.astype(jnp.float32),
+        num_clipped=state.num_clipped + (finite & (norm > threshold)).astype(
+            jnp.int32),
+        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+    )
+    return updates, new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# Spike skipping.
+
+
+class SkipSpikesState(NamedTuple):
+  """State of :func:`skip_spikes`: arrays only, identical on every replica.
+
+  Attributes:
+    inner_state: the wrapped optimizer's state; bit-identical across a skipped
+      step.
+    norms: float32 ``[window]`` ring buffer of the last accepted norms.
+    count: int32 number of accepted norms recorded so far.
+    threshold: float32 norm above which the last step counted as a spike:
+      ``min(μ + z_thresh·(σ + 1e-6), max_norm)`` over the window before that
+      step (+inf when neither test was active).
+    global_norm: float32 global norm of the last incoming update.
+    skipped: bool, whether the last step was skipped.
+    num_skipped: int32 number of skipped steps.
+    num_nonfinite: int32 number of steps whose norm was NaN or inf.
+    consecutive_skips: int32 number of skips in a row up to the last step
+      (0 after a step is taken).
+  """
+  inner_state: Any
+  norms: jax.Array
+  count: jax.Array
+  threshold: jax.Array
+  global_norm: jax.Array
+  skipped: jax.Array
+  num_skipped: jax.Array
+  num_nonfinite: jax.Array
+  consecutive_skips: jax.Array
+
+
+def _select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+  """Leafwise ``jnp.where(pred, on_true, on_false)``; keeps dtypes."""
+  def select(t, f):
+    return jnp.where(pred, t, f).astype(jnp.result_type(f))
+  return jax.tree.map(select, on_true, on_false)
+
+
+def _zeros_where(pred: jax.Array, tree: Any) -> Any:
+  return jax.tree.map(
+      lambda u: jnp.where(pred, jnp.zeros((), u.dtype), u), tree)
+
+
+def skip_spikes(
+    inner: optax.GradientTransformation,
+    *,
+    max_norm: Any = None,
+    z_thresh: Optional[float] = None,
+    window: int = 128,
+    min_history: int = 64,
+    max_consecutive: int = 10,
+    axis_name: Optional[AxisName] = None,
+    partition_specs: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Wraps an optimizer so that spike and non-finite steps are skipped.
+
+  A step is a *spike* when its global norm ``g`` (of the incoming updates)
+
+  * is NaN or inf, or
+  * exceeds ``max_norm`` (when given), or
+  * with ``z_thresh`` given and at least ``min_history`` accepted norms
+    recorded: ``(g − μ) / (σ + 1e-6) > z_thresh``, where μ and σ are the mean
+    and population standard deviation of the last ``window`` accepted norms.
+
+  A skipped step returns all-zero updates and leaves ``inner``'s state
+  bit-identical: the inner update still runs (on zeros), and a ``jnp.where``
+  over every state leaf keeps the old values. There is no ``lax.cond`` in the
+  compiled update, so it runs inside ``shard_map`` and every replica takes the
+  same decision from the same (global) norm.
+
+  After ``max_consecutive`` skips in a row, the next finite spike is taken
+  (and recorded), so a lasting change of the norm's level cannot freeze
+  training. Non-finite steps are always skipped: applying them would write
+  NaN into the parameters and the inner state for good. They do count
+  towards the run of consecutive skips.
+
+  Args:
+    inner: the optax transformation to protect, e.g. ``optax.adamw(1e-4)``
+      or an ``optax.chain`` that includes a clip.
+    max_norm: optional norm above which a step is skipped; a positive finite
+      number or a traced scalar.
+    z_thresh: optional z-score above which a step is skipped; > 0.
+    window: how many accepted norms the z-score statistics use; ≥ 1.
+    min_history: accepted norms needed before the z-score test is active;
+      1 ≤ min_history ≤ window.
+    max_consecutive: largest number of finite spikes skipped in a row; ≥ 1.
+    axis_name: mapped axis name(s) every leaf is split over; see
+      :func:`stabledrl_jax.global_norm`.
+    partition_specs: pytree of ``PartitionSpec`` matching the updates; see
+      :func:`stabledrl_jax.global_norm`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`SkipSpikesState`; extra keyword arguments are forwarded to
+    ``inner``.
+
+  Raises:
+    ValueError: ``max_norm`` ≤ 0, NaN or inf; ``z_thresh`` ≤ 0 or not
+      finite; ``window``, ``min_history`` or ``max_consecutive`` below 1 or
+      not integers; ``min_history > window``; both ``axis_name`` and
+      ``partition_specs`` given.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = skip_spikes(optax.sgd(0.1), max_norm=10.0)
+    >>> params = {"w": jnp.array([1.0, 1.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([3.0, 4.0])}, state)
+    >>> updates["w"], bool(state.skipped)
+    (Array([-0.3, -0.4], dtype=float32), False)
+    >>> updates, state = tx.update({"w": jnp.array([30.0, 40.0])}, state)
+    >>> updates["w"], bool(state.skipped), int(state.num_skipped)
+    (Array([0., 0.], dtype=float32), True, 1)
+    >>> updates, state = tx.update({"w": jnp.array([jnp.nan, 1.0])}, state)
+    >>> updates["w"], int(state.consecutive_skips), int(state.num_nonfinite)
+    (Array([0., 0.], dtype=float32), 2, 1)
+  """
+  _check_max_norm(max_norm)
+  if z_thresh is not None:
+    validation.check_positive("z_thresh", z_thresh)
+  _check_int("window", window, 1)
+  _check_int("min_history", min_history, 1)
+  if min_history > window:
+    raise ValueError(
+        f"min_history must be <= window ({window!r}), got {min_history!r}.")
+  _check_int("max_consecutive", max_consecutive, 1)
+  norms.check_layout(axis_name, partition_specs)
+  inner = optax.with_extra_args_support(inner)
+  size = int(window)
+
+  def init_fn(params):
+    return SkipSpikesState(
+        inner_state=inner.init(params),
+        norms=jnp.zeros((size,), jnp.float32),
+        count=jnp.zeros((), jnp.int32),
+        threshold=_ceiling(max_norm),
+        global_norm=jnp.zeros((), jnp.float32),
+        skipped=jnp.zeros((), jnp.bool_),
+        num_skipped=jnp.zeros((), jnp.int32),
+        num_nonfinite=jnp.zeros((), jnp.int32),
+        consecutive_skips=jnp.zeros((), jnp.int32),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    norm = norms.global_norm(
+        updates, axis_name=axis_name, partition_specs=partition_specs)
+    finite = jnp.isfinite(norm)
+    ceiling = _ceiling(max_norm)
+    spike = (~finite) | (norm > ceiling)
+    threshold = ceiling
+    if z_thresh is not None:
+      filled = _window_values(state.norms, state.count)
+      n = jnp.clip(state.count, 1, size).astype(jnp.float32)
+      mean = jnp.sum(jnp.where(filled, state.norms, 0.0)) / n
+      var = jnp.sum(jnp.where(filled, jnp.square(state.norms - mean), 0.0)) / n
+      std = jnp.sqrt(var)
+      active = state.count >= min_history
+      zt = _f32(z_thresh)
+      spike = spike | (active & ((norm - mean) / (std + _STD_EPS) > zt))
+      threshold = jnp.where(
+          active, jnp.minimum(mean + zt * (std + _STD_EPS), ceiling), ceiling)
+    skip = (~finite) | (spike & (state.consecutive_skips < max_consecutive))
+
+    safe_updates = _zeros_where(skip, updates)
+    new_updates, new_inner = inner.update(
+        safe_updates, state.inner_state, params, **extra_args)
+    new_updates = _zeros_where(skip, new_updates)
+    new_inner = _select_tree(skip, state.inner_state, new_inner)
+
+    take = ~skip
+    recorded = state.norms.at[state.count % size].set(norm)
+    new_state = SkipSpikesState(
+        inner_state=new_inner,
+        norms=jnp.where(take, recorded, state.norms),
+        count=state.count + take.astype(jnp.int32),
+        threshold=jnp.asarray(threshold, jnp.float32),
+        global_norm=norm,
+        skipped=skip,
+        num_skipped=state.num_skipped + skip.astype(jnp.int32),
+        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+        consecutive_skips=jnp.where(
+            skip, state.consecutive_skips + 1, 0).astype(jnp.int32),
+    )
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
