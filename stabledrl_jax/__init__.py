@@ -4,6 +4,12 @@ Gradient-side clipping that is exact on any number of devices, and the
 StableDRL objective (unconditional ratio capping, self-normalized weights).
 """
 
+from stabledrl_jax.adaptive import QuantileClipState
+from stabledrl_jax.adaptive import SkipSpikesState
+from stabledrl_jax.adaptive import ZScoreClipState
+from stabledrl_jax.adaptive import quantile_clip
+from stabledrl_jax.adaptive import skip_spikes
+from stabledrl_jax.adaptive import zscore_clip
 from stabledrl_jax.clipping import ClipState
 from stabledrl_jax.clipping import conditional_clip
 from stabledrl_jax.clipping import unconditional_clip
@@ -14,8 +20,14 @@ __version__ = "0.1.0"
 
 __all__ = (
     "ClipState",
+    "QuantileClipState",
+    "SkipSpikesState",
+    "ZScoreClipState",
     "conditional_clip",
     "global_norm",
     "global_norm_squared",
+    "quantile_clip",
+    "skip_spikes",
     "unconditional_clip",
+    "zscore_clip",
 )
