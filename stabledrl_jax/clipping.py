@@ -96,6 +96,15 @@ def scale_updates(updates: Any, scale: jax.Array, finite: Optional[jax.Array]):
   return jax.tree.map(scale_leaf, updates)
 
 
+def _init_fn(partition_specs: Any):
+  """An ``init_fn`` that checks ``partition_specs`` against the params early."""
+  def init_fn(params):
+    if partition_specs is not None and params is not None:
+      norms.leaf_partition_specs(params, partition_specs)
+    return init_clip_state()
+  return init_fn
+
+
 def _next_state(state: ClipState, norm: jax.Array, scale: jax.Array,
                 max_norm: Any) -> ClipState:
   finite = jnp.isfinite(norm)
@@ -152,9 +161,7 @@ def unconditional_clip(
   """
   check_clip_args(max_norm, axis_name, partition_specs, nonfinite)
 
-  def init_fn(params):
-    del params
-    return init_clip_state()
+  init_fn = _init_fn(partition_specs)
 
   def update_fn(updates, state, params=None):
     del params
@@ -211,9 +218,7 @@ def conditional_clip(
   """
   check_clip_args(max_norm, axis_name, partition_specs, nonfinite)
 
-  def init_fn(params):
-    del params
-    return init_clip_state()
+  init_fn = _init_fn(partition_specs)
 
   def update_fn(updates, state, params=None):
     del params

@@ -297,7 +297,9 @@ def test_mismatched_partition_specs_raise_at_update(clip):
   tx = clip(1.0, partition_specs={"w": P(), "v": P()})
   tree = {"w": jnp.ones(2), "b": jnp.ones(2)}
   with pytest.raises(ValueError, match=r"\['b'\].*\['v'\]"):
-    tx.update(tree, tx.init(tree))
+    tx.init(tree)
+  with pytest.raises(ValueError, match=r"\['b'\].*\['v'\]"):
+    tx.update(tree, tx.init(None))
 
 
 # ---------------------------------------------------------- compiled program
