@@ -15,6 +15,8 @@ from stabledrl_jax.clipping import conditional_clip
 from stabledrl_jax.clipping import unconditional_clip
 from stabledrl_jax.norms import global_norm
 from stabledrl_jax.norms import global_norm_squared
+from stabledrl_jax.objectives import self_normalized_weights
+from stabledrl_jax.objectives import stabledrl_policy_loss
 
 __version__ = "0.1.0"
 
@@ -27,7 +29,9 @@ __all__ = (
     "global_norm",
     "global_norm_squared",
     "quantile_clip",
+    "self_normalized_weights",
     "skip_spikes",
+    "stabledrl_policy_loss",
     "unconditional_clip",
     "zscore_clip",
 )
