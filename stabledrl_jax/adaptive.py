@@ -77,6 +77,12 @@ def _ceiling(max_norm: Any) -> jax.Array:
   return jnp.asarray(max_norm, jnp.float32)
 
 
+def _check_params_layout(params: Any, partition_specs: Any) -> None:
+  """Checks ``partition_specs`` against the params at ``init`` time."""
+  if partition_specs is not None and params is not None:
+    norms.leaf_partition_specs(params, partition_specs)
+
+
 def _f32(x: Any) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
@@ -186,7 +192,7 @@ def zscore_clip(
   num_warmup = max(int(warmup_steps), 1)
 
   def init_fn(params):
-    del params
+    _check_params_layout(params, partition_specs)
     return ZScoreClipState(
         count=jnp.zeros((), jnp.int32),
         mean=jnp.zeros((), jnp.float32),
@@ -360,7 +366,7 @@ def quantile_clip(
   size = int(history)
 
   def init_fn(params):
-    del params
+    _check_params_layout(params, partition_specs)
     return QuantileClipState(
         norms=jnp.zeros((size,), jnp.float32),
         count=jnp.zeros((), jnp.int32),
@@ -530,6 +536,7 @@ def skip_spikes(
   size = int(window)
 
   def init_fn(params):
+    _check_params_layout(params, partition_specs)
     return SkipSpikesState(
         inner_state=inner.init(params),
         norms=jnp.zeros((size,), jnp.float32),

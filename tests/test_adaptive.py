@@ -451,6 +451,16 @@ def test_axis_name_and_partition_specs_together_raise(name):
     ALL[name](axis_name="x", partition_specs={"a": P(), "b": P()})
 
 
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_mismatched_partition_specs_raise_naming_the_path(name):
+  tx = ALL[name](partition_specs={"a": P(), "c": P()})
+  with pytest.raises(ValueError, match="partition_specs"):
+    tx.init(grads_with_norm(1.0))
+  state = ALL[name]().init(grads_with_norm(1.0))
+  with pytest.raises(ValueError, match="'b'"):
+    tx.update(grads_with_norm(1.0), state)
+
+
 # --------------------------------------------------------------------------
 # shard_map on 8 CPU devices.
 
