@@ -6,7 +6,10 @@ trace with spikes, NaN and inf. The shard_map tests use the 8 CPU devices the
 root conftest provides.
 """
 
+import os
 import re
+import subprocess
+import sys
 
 import chex
 import jax
@@ -534,3 +537,16 @@ def test_shard_map_matches_single_device_and_state_is_replicated(
   np.testing.assert_allclose(norms, ref_norms, rtol=1e-6)
   assert np.count_nonzero(np.array(ref_norms) < trace * 0.999) >= 2
   chex.assert_trees_all_close(state, ref_state, rtol=1e-6)
+
+
+def test_benchmark_script_draws_the_plot(tmp_path):
+  script = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "benchmarks", "adaptive_thresholds.py")
+  out = tmp_path / "thresholds.png"
+  result = subprocess.run(
+      [sys.executable, script, "--steps", "200", "--out", str(out)],
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr
+  assert out.stat().st_size > 10_000
+  for name in ("fixed", "z-score", "quantile", "skip"):
+    assert name in result.stdout
