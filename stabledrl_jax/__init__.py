@@ -15,8 +15,13 @@ from stabledrl_jax.clipping import conditional_clip
 from stabledrl_jax.clipping import unconditional_clip
 from stabledrl_jax.norms import global_norm
 from stabledrl_jax.norms import global_norm_squared
+from stabledrl_jax.objectives import aggregate_loss
+from stabledrl_jax.objectives import entropy_bonus
+from stabledrl_jax.objectives import grpo_policy_loss
+from stabledrl_jax.objectives import kl_penalty
 from stabledrl_jax.objectives import self_normalized_weights
 from stabledrl_jax.objectives import stabledrl_policy_loss
+from stabledrl_jax.objectives import value_loss
 
 __version__ = "0.1.0"
 
@@ -25,13 +30,18 @@ __all__ = (
     "QuantileClipState",
     "SkipSpikesState",
     "ZScoreClipState",
+    "aggregate_loss",
     "conditional_clip",
+    "entropy_bonus",
     "global_norm",
     "global_norm_squared",
+    "grpo_policy_loss",
+    "kl_penalty",
     "quantile_clip",
     "self_normalized_weights",
     "skip_spikes",
     "stabledrl_policy_loss",
     "unconditional_clip",
+    "value_loss",
     "zscore_clip",
 )

@@ -291,3 +291,379 @@ def stabledrl_policy_loss(
       "effective_sample_size": safe_divide(jnp.sum(ess), jnp.sum(nonempty)),
   }
   return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# Token-level losses: aggregation, GRPO/PPO, value, entropy, KL.
+# ---------------------------------------------------------------------------
+
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                     "seq-mean-token-sum-norm")
+RATIO_LEVELS = ("token", "sequence")
+KL_KINDS = ("k1", "k2", "k3")
+
+
+def aggregate_loss(
+    values: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike,
+    *,
+    loss_agg: str = "token-mean",
+    axis_name: Optional[AxisName] = None,
+) -> jax.Array:
+  """Reduces ``[B, T]`` per-token values to a scalar, over the global batch.
+
+  Modes (``n_b`` = real tokens of sequence ``b``; sums over real tokens):
+
+  * ``"token-mean"``: ``Σ_bt v / Σ_b n_b`` — every token weighs the same.
+  * ``"seq-mean-token-mean"``: mean over non-empty sequences of
+    ``Σ_t v / n_b`` — every sequence weighs the same.
+  * ``"seq-mean-token-sum"``: mean over non-empty sequences of ``Σ_t v``.
+  * ``"seq-mean-token-sum-norm"``: ``Σ_bt v / (B · T)`` with ``B`` the global
+    number of rows and ``T`` the padded length — a constant divisor
+    (Dr. GRPO).
+
+  Under ``axis_name`` every divisor is a global count (``psum``), never the
+  count of one device or micro-batch, so the loss equals the loss of the
+  whole batch.
+
+  Args:
+    values: ``[B, T]`` per-token values; entries where ``mask`` is 0 are
+      ignored, even if NaN.
+    mask: ``[B, T]``, 1 for a real token.
+    loss_agg: one of the four modes above.
+    axis_name: mapped axis name(s) the batch (rows) is split over.
+
+  Returns:
+    A scalar; 0 when there is no real token.
+
+  Raises:
+    ValueError: ``values`` is not 2-D, ``mask`` has another shape, or
+      ``loss_agg`` is unknown.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> v = jnp.array([[1.0, 3.0], [5.0, 0.0]])
+    >>> m = jnp.array([[1, 1], [1, 0]])
+    >>> float(aggregate_loss(v, m))  # (1 + 3 + 5) / 3
+    3.0
+    >>> float(aggregate_loss(v, m, loss_agg="seq-mean-token-mean"))  # (2+5)/2
+    3.5
+
+  References:
+    Liu et al., `Understanding R1-Zero-Like Training: A Critical Perspective
+    (Dr. GRPO) <https://arxiv.org/abs/2503.20783>`_, 2025.
+  """
+  validation.check_choice("loss_agg", loss_agg, LOSS_AGGREGATIONS)
+  values = jnp.asarray(values)
+  check_ndim("values", values, 2)
+  valid = valid_mask(mask, values)
+  total = masked_total(values, valid, axis_name)
+  if loss_agg == "token-mean":
+    return safe_divide(total, masked_total(1, valid, axis_name))
+  if loss_agg == "seq-mean-token-sum-norm":
+    rows, length = values.shape
+    return total / (all_sum(jnp.float32(rows), axis_name) * length)
+  safe = jnp.where(valid, values.astype(float_dtype(values)), 0)
+  per_seq = jnp.sum(safe, axis=1)
+  tokens = jnp.sum(valid, axis=1)
+  if loss_agg == "seq-mean-token-mean":
+    per_seq = safe_divide(per_seq, tokens.astype(per_seq.dtype))
+  nonempty = tokens > 0
+  return safe_divide(masked_total(per_seq, nonempty, axis_name),
+                     masked_total(1, nonempty, axis_name))
+
+
+def grpo_policy_loss(
+    logp: jax.typing.ArrayLike,
+    old_logp: jax.typing.ArrayLike,
+    advantages: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike,
+    *,
+    eps_low: Any = 0.2,
+    eps_high: Any = 0.2,
+    dual_clip: Optional[Any] = None,
+    ratio_level: str = "token",
+    loss_agg: str = "token-mean",
+    axis_name: Optional[AxisName] = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """PPO/GRPO clipped surrogate loss (conditional clip), with GSPO and dual-clip.
+
+  Per token, ``r = exp(clip(logp − old_logp, −20, 20))`` and
+  ``ℓ = max(−A r, −A clip(r, 1 − eps_low, 1 + eps_high))``. This clip is
+  *conditional*: for ``A > 0`` it bounds ``r`` from above only, for ``A < 0``
+  from below only, so a token with ``A < 0`` and a huge ``r`` keeps the
+  unclipped ``−A r`` and its gradient grows with ``r``. ``dual_clip=c``
+  bounds that case: for ``A < 0``, ``ℓ = min(ℓ, −A c)``. Compare
+  :func:`stabledrl_policy_loss`, which caps every ratio.
+
+  ``ratio_level="sequence"`` (GSPO) replaces each token's log-ratio by its
+  sequence's masked mean log-ratio ``s_b`` in value; the gradient at token
+  ``t`` is that of ``logp_t`` scaled by ``exp(s_b)`` (GSPO-token form, equal
+  to GSPO when advantages are per sequence).
+
+  Args:
+    logp: ``[B, T]`` log-probabilities of the sampled tokens, current policy.
+    old_logp: ``[B, T]`` the same under the sampling policy (no gradient).
+    advantages: ``[B]`` (broadcast over tokens) or ``[B, T]``.
+    mask: ``[B, T]``, 1 for a real token; padding contributes 0 even if NaN.
+    eps_low: lower clip ``1 − eps_low``; in ``[0, 1)``.
+    eps_high: upper clip ``1 + eps_high``; ≥ 0 (DAPO's clip-higher uses
+      ``eps_high > eps_low``).
+    dual_clip: None, or ``c > 1`` bounding the loss of ``A < 0`` tokens.
+    ratio_level: ``"token"`` (PPO/GRPO) or ``"sequence"`` (GSPO).
+    loss_agg: see :func:`aggregate_loss`.
+    axis_name: mapped axis name(s) the batch is split over; divisors and
+      metrics are then global.
+
+  Returns:
+    ``(loss, metrics)``; metrics are float32 scalars averaged over real tokens
+    of the global batch: ``clip_fraction_low`` (``A < 0`` and
+    ``r < 1 − eps_low``: clipped, no gradient), ``clip_fraction_high``
+    (``A > 0`` and ``r > 1 + eps_high``), ``dual_clip_fraction`` (``A < 0``
+    and ``r > c``; 0 without dual-clip), ``approx_kl`` (the token-mean of
+    ``(r − 1) − log r``, an estimate of KL(π_old ‖ π_θ), with the token
+    log-ratio).
+
+  Raises:
+    ValueError: shapes differ, ``eps_low`` outside ``[0, 1)``, ``eps_high``
+      < 0, ``dual_clip`` ≤ 1, unknown ``ratio_level`` or ``loss_agg``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> logp = jnp.log(jnp.array([[2.0, 1.0]]))  # ratios 2 and 1 (old = 0)
+    >>> loss, m = grpo_policy_loss(logp, jnp.zeros((1, 2)), jnp.array([-1.0]),
+    ...                            jnp.ones((1, 2)))
+    >>> float(loss)  # A < 0: the ratio 2 is not clipped: (2 + 1) / 2
+    1.5
+    >>> loss, m = grpo_policy_loss(logp, jnp.zeros((1, 2)), jnp.array([-1.0]),
+    ...                            jnp.ones((1, 2)), dual_clip=1.5)
+    >>> float(loss), float(m["dual_clip_fraction"])  # (1.5 + 1) / 2
+    (1.25, 0.5)
+
+  References:
+    Schulman et al., `Proximal Policy Optimization Algorithms
+    <https://arxiv.org/abs/1707.06347>`_, 2017.
+    Ye et al., `Mastering Complex Control in MOBA Games with Deep
+    Reinforcement Learning (dual-clip) <https://arxiv.org/abs/1912.09729>`_,
+    2020.
+    Zheng et al., `Group Sequence Policy Optimization
+    <https://arxiv.org/abs/2507.18071>`_, 2025.
+  """
+  _check_eps(eps_low, eps_high)
+  if dual_clip is not None:
+    c = validation.concrete_scalar("dual_clip", dual_clip)
+    if c is not None and not (c > 1 and c < float("inf")):
+      raise ValueError(f"dual_clip must be None or finite and > 1, got "
+                       f"{dual_clip!r}.")
+  validation.check_choice("ratio_level", ratio_level, RATIO_LEVELS)
+  validation.check_choice("loss_agg", loss_agg, LOSS_AGGREGATIONS)
+  logp = jnp.asarray(logp)
+  check_ndim("logp", logp, 2)
+  check_same_shape("old_logp", old_logp, "logp", logp)
+  check_same_shape("mask", mask, "logp", logp)
+  advantages = jnp.asarray(advantages)
+  if advantages.shape not in (logp.shape[:1], logp.shape):
+    raise ValueError(
+        f"advantages must have shape {logp.shape[:1]} or {logp.shape}, got "
+        f"shape {advantages.shape}.")
+  if advantages.ndim == 1:
+    advantages = jnp.broadcast_to(advantages[:, None], logp.shape)
+
+  valid = jnp.asarray(mask) != 0
+  dtype = float_dtype(logp)
+  logp = jnp.where(valid, logp.astype(dtype), 0)
+  old_logp = jnp.where(valid, jnp.asarray(old_logp).astype(dtype), 0)
+  adv = jnp.where(valid, advantages.astype(dtype), 0)
+
+  token_log_ratio = logp - jax.lax.stop_gradient(old_logp)
+  if ratio_level == "token":
+    log_ratio = token_log_ratio
+  else:
+    tokens = jnp.sum(valid, axis=1).astype(dtype)
+    seq_log_ratio = safe_divide(jnp.sum(token_log_ratio, axis=1), tokens)
+    log_ratio = (jax.lax.stop_gradient(seq_log_ratio)[:, None] + logp
+                 - jax.lax.stop_gradient(logp))
+  ratio = jnp.exp(jnp.clip(log_ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
+  clipped_ratio = jnp.clip(ratio, 1 - eps_low, 1 + eps_high)
+  per_token = jnp.maximum(-adv * ratio, -adv * clipped_ratio)
+  if dual_clip is not None:
+    per_token = jnp.where(
+        adv < 0, jnp.minimum(per_token, -adv * dual_clip), per_token)
+  loss = aggregate_loss(per_token, valid, loss_agg=loss_agg,
+                        axis_name=axis_name)
+
+  ratio = jax.lax.stop_gradient(ratio)
+  count = masked_total(1, valid, axis_name)
+  token_mean = lambda x: safe_divide(masked_total(x, valid, axis_name), count)
+  token_log_ratio = jax.lax.stop_gradient(
+      jnp.clip(token_log_ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT))
+  dual_active = ((adv < 0) & (ratio > dual_clip) if dual_clip is not None
+                 else jnp.zeros_like(valid))
+  metrics = {
+      "clip_fraction_low": token_mean((adv < 0) & (ratio < 1 - eps_low)),
+      "clip_fraction_high": token_mean((adv > 0) & (ratio > 1 + eps_high)),
+      "dual_clip_fraction": token_mean(dual_active),
+      "approx_kl": token_mean(jnp.expm1(token_log_ratio) - token_log_ratio),
+  }
+  return loss, metrics
+
+
+def _check_eps(eps_low: Any, eps_high: Any) -> None:
+  low = validation.concrete_scalar("eps_low", eps_low)
+  if low is not None and not 0 <= low < 1:
+    raise ValueError(f"eps_low must be in [0, 1), got {eps_low!r}.")
+  high = validation.concrete_scalar("eps_high", eps_high)
+  if high is not None and not 0 <= high < float("inf"):
+    raise ValueError(f"eps_high must be finite and >= 0, got {eps_high!r}.")
+
+
+def value_loss(
+    values: jax.typing.ArrayLike,
+    old_values: jax.typing.ArrayLike,
+    returns: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike,
+    *,
+    clip_range: Optional[Any] = None,
+    loss_agg: str = "token-mean",
+    axis_name: Optional[AxisName] = None,
+) -> jax.Array:
+  """Squared-error value loss, optionally clipped around the old values (PPO).
+
+  Per token ``½ (v − R)²``; with ``clip_range=c``,
+  ``½ max((v − R)², (clip(v, v_old − c, v_old + c) − R)²)``. Reduced with
+  :func:`aggregate_loss`.
+
+  Args:
+    values: ``[B, T]`` value predictions (the gradient flows through these).
+    old_values: ``[B, T]`` predictions of the policy that collected the batch.
+    returns: ``[B, T]`` regression targets.
+    mask: ``[B, T]``, 1 for a real token.
+    clip_range: None, or ``c > 0``.
+    loss_agg: see :func:`aggregate_loss`.
+    axis_name: mapped axis name(s) the batch is split over.
+
+  Returns:
+    The scalar loss.
+
+  Raises:
+    ValueError: shapes differ, ``clip_range`` ≤ 0, unknown ``loss_agg``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> v, old, ret = jnp.array([[3.0]]), jnp.array([[0.0]]), jnp.array([[0.0]])
+    >>> float(value_loss(v, old, ret, jnp.ones((1, 1))))
+    4.5
+    >>> float(value_loss(v, old, ret, jnp.ones((1, 1)), clip_range=1.0))
+    4.5
+  """
+  if clip_range is not None:
+    validation.check_positive("clip_range", clip_range)
+  values = jnp.asarray(values)
+  check_ndim("values", values, 2)
+  check_same_shape("old_values", old_values, "values", values)
+  check_same_shape("returns", returns, "values", values)
+  check_same_shape("mask", mask, "values", values)
+  valid = jnp.asarray(mask) != 0
+  dtype = float_dtype(values)
+  v = jnp.where(valid, values.astype(dtype), 0)
+  old = jnp.where(valid, jnp.asarray(old_values).astype(dtype), 0)
+  target = jnp.where(valid, jnp.asarray(returns).astype(dtype), 0)
+  per_token = jnp.square(v - target)
+  if clip_range is not None:
+    v_clipped = old + jnp.clip(v - old, -clip_range, clip_range)
+    per_token = jnp.maximum(per_token, jnp.square(v_clipped - target))
+  return aggregate_loss(0.5 * per_token, valid, loss_agg=loss_agg,
+                        axis_name=axis_name)
+
+
+def entropy_bonus(
+    logits: jax.typing.ArrayLike,
+    mask: jax.typing.ArrayLike,
+    *,
+    loss_agg: str = "token-mean",
+    axis_name: Optional[AxisName] = None,
+) -> jax.Array:
+  """Mean entropy of the token distributions, to be *subtracted* from a loss.
+
+  Per token ``H = −Σ_v p_v log p_v`` with ``p = softmax(logits)`` (computed in
+  float32; ``−inf`` logits contribute 0), reduced with :func:`aggregate_loss`.
+  Use as ``loss − coef · entropy_bonus(logits, mask)``.
+
+  Args:
+    logits: ``[B, T, V]`` unnormalized log-probabilities.
+    mask: ``[B, T]``, 1 for a real token.
+    loss_agg: see :func:`aggregate_loss`.
+    axis_name: mapped axis name(s) the batch is split over.
+
+  Returns:
+    The scalar aggregated entropy (≥ 0).
+
+  Raises:
+    ValueError: ``logits`` not 3-D, ``mask`` not ``logits.shape[:2]``,
+      unknown ``loss_agg``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> float(entropy_bonus(jnp.zeros((1, 1, 4)), jnp.ones((1, 1))))  # log 4
+    1.386...
+  """
+  logits = jnp.asarray(logits)
+  check_ndim("logits", logits, 3)
+  check_same_shape("mask", mask, "logits[..., 0]", logits[..., 0])
+  log_p = jax.nn.log_softmax(logits.astype(float_dtype(logits)), axis=-1)
+  p = jnp.exp(log_p)
+  # Zero the -inf log-probs before the product so that 0 · (-inf) can reach
+  # neither the value nor the gradient.
+  entropy = -jnp.sum(p * jnp.where(p > 0, log_p, 0), axis=-1)
+  return aggregate_loss(entropy, mask, loss_agg=loss_agg, axis_name=axis_name)
+
+
+def kl_penalty(
+    logp: jax.typing.ArrayLike,
+    ref_logp: jax.typing.ArrayLike,
+    *,
+    kind: str = "k3",
+    clamp: Any = 10.0,
+) -> jax.Array:
+  """Per-token estimates of KL(π_θ ‖ π_ref) from sampled-token log-probs.
+
+  With ``δ = clip(logp − ref_logp, −clamp, clamp)``: ``k1 = δ``,
+  ``k2 = ½ δ²``, ``k3 = e^{−δ} + δ − 1`` (non-negative, low variance). The
+  clamp keeps ``e^{−δ}`` finite, so ``k3`` never overflows; outside it the
+  gradient is 0. Reduce the result with :func:`aggregate_loss`.
+
+  Args:
+    logp: log-probabilities under the current policy (any shape).
+    ref_logp: the same under the reference policy.
+    kind: ``"k1"``, ``"k2"`` or ``"k3"``.
+    clamp: finite bound > 0 on ``|δ|``.
+
+  Returns:
+    An array of ``logp``'s shape (float32 or wider).
+
+  Raises:
+    ValueError: shapes differ, unknown ``kind``, ``clamp`` not finite > 0.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> kl_penalty(jnp.array([0.0, 1.0]), jnp.array([0.0, 0.0]), kind="k2")
+    Array([0. , 0.5], dtype=float32)
+    >>> float(kl_penalty(jnp.array([-1e4]), jnp.array([0.0]))[0])  # e^10 - 11
+    22015.46...
+
+  References:
+    Schulman, `Approximating KL Divergence
+    <http://joschu.net/blog/kl-approx.html>`_, 2020.
+  """
+  validation.check_choice("kind", kind, KL_KINDS)
+  validation.check_positive("clamp", clamp)
+  logp = jnp.asarray(logp)
+  check_same_shape("ref_logp", ref_logp, "logp", logp)
+  dtype = float_dtype(logp)
+  delta = logp.astype(dtype) - jnp.asarray(ref_logp).astype(dtype)
+  delta = jnp.clip(delta, -clamp, clamp)
+  if kind == "k1":
+    return delta
+  if kind == "k2":
+    return 0.5 * jnp.square(delta)
+  return jnp.expm1(-delta) + delta

@@ -277,3 +277,300 @@ def test_stabledrl_bad_shapes():
     objectives.stabledrl_policy_loss(SEQ_LOGP[None], OLD[None], ADV[None])
   with pytest.raises(ValueError, match="max_ratio"):
     objectives.stabledrl_policy_loss(SEQ_LOGP, OLD, ADV, max_ratio=-5.0)
+
+
+# ---------------------------------------------------------------------------
+# aggregate_loss
+# ---------------------------------------------------------------------------
+
+
+def np_aggregate(values, mask, mode):
+  values = np.asarray(values, np.float64)
+  mask = np.asarray(mask) != 0
+  rows = []
+  for v, m in zip(values, mask):
+    if m.any():
+      rows.append((v[m].sum(), m.sum()))
+  if mode == "token-mean":
+    n = sum(c for _, c in rows)
+    return sum(s for s, _ in rows) / n if n else 0.0
+  if mode == "seq-mean-token-mean":
+    return np.mean([s / c for s, c in rows]) if rows else 0.0
+  if mode == "seq-mean-token-sum":
+    return np.mean([s for s, _ in rows]) if rows else 0.0
+  return sum(s for s, _ in rows) / values.size
+
+
+VALUES = np.array([[1.0, 2.0, 3.0, 4.0],
+                   [5.0, np.nan, -1.0, 0.5],
+                   [7.0, 7.0, 7.0, 7.0],
+                   [-2.0, 0.0, 8.0, 1.0]], np.float32)
+MASK = np.array([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])
+
+
+@pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
+def test_aggregate_matches_numpy(mode):
+  out = objectives.aggregate_loss(VALUES, MASK, loss_agg=mode)
+  np.testing.assert_allclose(out, np_aggregate(VALUES, MASK, mode), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
+def test_aggregate_all_masked_is_zero(mode):
+  out = objectives.aggregate_loss(VALUES, np.zeros_like(MASK), loss_agg=mode)
+  assert float(out) == 0.0
+
+
+def test_aggregate_bad_arguments():
+  with pytest.raises(ValueError, match="loss_agg.*'seq-mean'"):
+    objectives.aggregate_loss(VALUES, MASK, loss_agg="seq-mean")
+  with pytest.raises(ValueError, match=r"values.*\(4,\)"):
+    objectives.aggregate_loss(VALUES[0], MASK[0])
+  with pytest.raises(ValueError, match=r"mask.*\(4, 3\)"):
+    objectives.aggregate_loss(VALUES, MASK[:, :3])
+
+
+# ---------------------------------------------------------------------------
+# grpo_policy_loss
+# ---------------------------------------------------------------------------
+
+
+def np_grpo(logp, old, adv, mask, eps_low=0.2, eps_high=0.2, dual=None,
+            level="token", mode="token-mean"):
+  logp = np.asarray(logp, np.float64)
+  old = np.asarray(old, np.float64)
+  mask = np.asarray(mask) != 0
+  adv = np.asarray(adv, np.float64)
+  if adv.ndim == 1:
+    adv = np.repeat(adv[:, None], logp.shape[1], axis=1)
+  loss = np.zeros_like(logp)
+  ratio = np.zeros_like(logp)
+  for b in range(logp.shape[0]):
+    seq = (np.mean(logp[b][mask[b]] - old[b][mask[b]]) if mask[b].any()
+           else 0.0)
+    for t in range(logp.shape[1]):
+      if not mask[b, t]:
+        continue
+      lr = seq if level == "sequence" else logp[b, t] - old[b, t]
+      r = np.exp(np.clip(lr, -20, 20))
+      a = adv[b, t]
+      val = max(-a * r, -a * min(max(r, 1 - eps_low), 1 + eps_high))
+      if dual is not None and a < 0:
+        val = min(val, -a * dual)
+      loss[b, t] = val
+      ratio[b, t] = r
+  return np_aggregate(loss, mask, mode), ratio, adv
+
+
+RNG = np.random.default_rng(3)
+LOGP = RNG.normal(-1.0, 0.5, size=(4, 5)).astype(np.float32)
+OLD_LOGP = (LOGP + RNG.normal(0.0, 0.4, size=(4, 5))).astype(np.float32)
+TOK_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0],
+                     [1, 1, 1, 1, 0]])
+SEQ_ADV = np.array([1.0, -1.0, 0.5, -2.0], np.float32)
+
+
+@pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
+@pytest.mark.parametrize("level", objectives.RATIO_LEVELS)
+@pytest.mark.parametrize("dual", [None, 1.2])
+def test_grpo_loss_matches_numpy(mode, level, dual):
+  loss, _ = objectives.grpo_policy_loss(
+      LOGP, OLD_LOGP, SEQ_ADV, TOK_MASK, eps_low=0.1, eps_high=0.3,
+      dual_clip=dual, ratio_level=level, loss_agg=mode)
+  expected, _, _ = np_grpo(LOGP, OLD_LOGP, SEQ_ADV, TOK_MASK, 0.1, 0.3, dual,
+                           level, mode)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_grpo_token_advantages_match_numpy():
+  adv = RNG.normal(size=(4, 5)).astype(np.float32)
+  loss, _ = objectives.grpo_policy_loss(LOGP, OLD_LOGP, adv, TOK_MASK)
+  expected, _, _ = np_grpo(LOGP, OLD_LOGP, adv, TOK_MASK)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_grpo_metrics_match_numpy():
+  loss, metrics = objectives.grpo_policy_loss(
+      LOGP, OLD_LOGP, SEQ_ADV, TOK_MASK, eps_low=0.1, eps_high=0.1,
+      dual_clip=1.1)
+  _, ratio, adv = np_grpo(LOGP, OLD_LOGP, SEQ_ADV, TOK_MASK)
+  m = TOK_MASK != 0
+  r, a = ratio[m], adv[m]
+  lr = (LOGP.astype(np.float64) - OLD_LOGP)[m]
+  np.testing.assert_allclose(metrics["clip_fraction_low"],
+                             np.mean((a < 0) & (r < 0.9)), rtol=1e-6)
+  np.testing.assert_allclose(metrics["clip_fraction_high"],
+                             np.mean((a > 0) & (r > 1.1)), rtol=1e-6)
+  np.testing.assert_allclose(metrics["dual_clip_fraction"],
+                             np.mean((a < 0) & (r > 1.1)), rtol=1e-6)
+  np.testing.assert_allclose(metrics["approx_kl"],
+                             np.mean(np.exp(lr) - 1 - lr), rtol=1e-4)
+  # The data must exercise every clip case, or the checks above are weak.
+  assert 0 < metrics["clip_fraction_low"] and 0 < metrics["clip_fraction_high"]
+  assert 0 < metrics["dual_clip_fraction"]
+
+
+@pytest.mark.parametrize("level", objectives.RATIO_LEVELS)
+def test_grpo_gradient_matches_numpy_finite_differences(level):
+  f = lambda lp: objectives.grpo_policy_loss(
+      lp, OLD_LOGP, SEQ_ADV, TOK_MASK, ratio_level=level,
+      loss_agg="seq-mean-token-mean")[0]
+  grad = jax.grad(f)(jnp.asarray(LOGP))
+  h = 1e-3
+  base = LOGP.astype(np.float64)
+  for b, t in [(0, 0), (0, 3), (1, 1), (3, 2)]:
+    up, down = base.copy(), base.copy()
+    up[b, t] += h
+    down[b, t] -= h
+    fd = (np_grpo(up, OLD_LOGP, SEQ_ADV, TOK_MASK, level=level,
+                  mode="seq-mean-token-mean")[0]
+          - np_grpo(down, OLD_LOGP, SEQ_ADV, TOK_MASK, level=level,
+                    mode="seq-mean-token-mean")[0]) / (2 * h)
+    np.testing.assert_allclose(grad[b, t], fd, rtol=1e-3, atol=1e-5)
+  assert np.all(np.asarray(grad)[TOK_MASK == 0] == 0)
+
+
+@pytest.mark.parametrize("ratio", [10.0, 100.0, 1000.0])
+def test_grpo_negative_advantage_gradient_grows_with_ratio(ratio):
+  # The "bypass": A < 0 and r = 1e3 — the conditional clip leaves −A r, whose
+  # gradient in logp is |A| r. Dual-clip removes it; StableDRL bounds it.
+  logp = jnp.zeros((1, 1))
+  old = jnp.full((1, 1), -np.log(ratio), jnp.float32)
+  adv, mask = jnp.array([-2.0]), jnp.ones((1, 1))
+  grad = jax.grad(lambda lp: objectives.grpo_policy_loss(
+      lp, old, adv, mask)[0])(logp)
+  np.testing.assert_allclose(grad[0, 0], 2.0 * ratio, rtol=1e-4)
+  grad = jax.grad(lambda lp: objectives.grpo_policy_loss(
+      lp, old, adv, mask, dual_clip=3.0)[0])(logp)
+  assert float(grad[0, 0]) == 0.0
+  grad = jax.grad(lambda s: objectives.stabledrl_policy_loss(
+      s, old[:, 0], adv)[0])(logp[:, 0])
+  np.testing.assert_allclose(grad[0], 2.0, rtol=1e-6)
+
+
+def test_grpo_extreme_and_masked_nan_inputs_finite():
+  logp = jnp.array([[0.0, -1e4, jnp.nan], [1e4, 0.0, 0.0]])
+  old = jnp.array([[-1e4, 0.0, 0.0], [0.0, jnp.inf, 0.0]])
+  mask = jnp.array([[1, 1, 0], [1, 0, 1]])
+  adv = jnp.array([-1.0, 1.0])
+  for dual in (None, 2.0):
+    for level in objectives.RATIO_LEVELS:
+      f = lambda lp: objectives.grpo_policy_loss(
+          lp, old, adv, mask, dual_clip=dual, ratio_level=level)
+      (loss, metrics), grad = jax.value_and_grad(f, has_aux=True)(logp)
+      chex.assert_tree_all_finite((loss, metrics, grad))
+
+
+def test_grpo_bad_arguments():
+  args = (LOGP, OLD_LOGP, SEQ_ADV, TOK_MASK)
+  bad = [
+      (dict(eps_low=-0.1), "eps_low"), (dict(eps_low=1.0), "eps_low"),
+      (dict(eps_high=-0.1), "eps_high"), (dict(dual_clip=1.0), "dual_clip"),
+      (dict(dual_clip=0.5), "dual_clip"), (dict(ratio_level="seq"),
+                                           "ratio_level.*'seq'"),
+      (dict(loss_agg="mean"), "loss_agg.*'mean'"),
+  ]
+  for kwargs, match in bad:
+    with pytest.raises(ValueError, match=match):
+      objectives.grpo_policy_loss(*args, **kwargs)
+  with pytest.raises(ValueError, match=r"old_logp.*\(4, 4\)"):
+    objectives.grpo_policy_loss(LOGP, OLD_LOGP[:, :4], SEQ_ADV, TOK_MASK)
+  with pytest.raises(ValueError, match=r"mask.*\(4,\)"):
+    objectives.grpo_policy_loss(LOGP, OLD_LOGP, SEQ_ADV, TOK_MASK[:, 0])
+  with pytest.raises(ValueError, match=r"advantages.*\(3,\)"):
+    objectives.grpo_policy_loss(LOGP, OLD_LOGP, SEQ_ADV[:3], TOK_MASK)
+  with pytest.raises(ValueError, match=r"logp.*\(5,\)"):
+    objectives.grpo_policy_loss(LOGP[0], OLD_LOGP[0], SEQ_ADV, TOK_MASK[0])
+
+
+# ---------------------------------------------------------------------------
+# value_loss, entropy_bonus, kl_penalty
+# ---------------------------------------------------------------------------
+
+
+def np_value_loss(v, old, ret, mask, clip=None, mode="token-mean"):
+  v, old, ret = (np.asarray(a, np.float64) for a in (v, old, ret))
+  per = (v - ret) ** 2
+  if clip is not None:
+    vc = np.minimum(np.maximum(v, old - clip), old + clip)
+    per = np.maximum(per, (vc - ret) ** 2)
+  return np_aggregate(0.5 * per, mask, mode)
+
+
+@pytest.mark.parametrize("clip", [None, 0.2, 5.0])
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_value_loss_matches_numpy(clip, mode):
+  v = RNG.normal(size=(4, 5)).astype(np.float32)
+  old = (v + RNG.normal(scale=0.5, size=(4, 5))).astype(np.float32)
+  ret = RNG.normal(size=(4, 5)).astype(np.float32)
+  out = objectives.value_loss(v, old, ret, TOK_MASK, clip_range=clip,
+                              loss_agg=mode)
+  np.testing.assert_allclose(out, np_value_loss(v, old, ret, TOK_MASK, clip,
+                                                mode), rtol=1e-5)
+
+
+def test_value_loss_bad_arguments():
+  v = np.zeros((2, 3), np.float32)
+  with pytest.raises(ValueError, match="clip_range"):
+    objectives.value_loss(v, v, v, v, clip_range=0.0)
+  with pytest.raises(ValueError, match=r"returns.*\(2, 2\)"):
+    objectives.value_loss(v, v, v[:, :2], v)
+  with pytest.raises(ValueError, match="loss_agg"):
+    objectives.value_loss(v, v, v, v, loss_agg="sum")
+
+
+def np_entropy(logits):
+  logits = np.asarray(logits, np.float64)
+  z = logits - logits.max(-1, keepdims=True)
+  p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1)
+
+
+@pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
+def test_entropy_matches_numpy(mode):
+  logits = RNG.normal(scale=2.0, size=(4, 5, 7)).astype(np.float32)
+  logits[0, 0, :3] = -np.inf  # impossible tokens contribute 0
+  out = objectives.entropy_bonus(logits, TOK_MASK, loss_agg=mode)
+  expected = np_aggregate(np_entropy(logits), TOK_MASK, mode)
+  np.testing.assert_allclose(out, expected, rtol=1e-5)
+  chex.assert_tree_all_finite(jax.grad(
+      lambda x: objectives.entropy_bonus(x, TOK_MASK, loss_agg=mode))(
+          jnp.asarray(logits)))
+
+
+def test_entropy_bad_arguments():
+  with pytest.raises(ValueError, match=r"logits.*\(2, 3\)"):
+    objectives.entropy_bonus(np.zeros((2, 3)), np.ones((2,)))
+  with pytest.raises(ValueError, match=r"mask.*\(2, 2\)"):
+    objectives.entropy_bonus(np.zeros((2, 3, 4)), np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("kind", objectives.KL_KINDS)
+def test_kl_penalty_matches_numpy(kind):
+  logp = np.array([-1.0, -0.5, -3.0, 0.0, -50.0, 0.0], np.float32)
+  ref = np.array([-1.0, -1.5, -0.5, -20.0, 0.0, 0.0], np.float32)
+  d = np.clip(logp.astype(np.float64) - ref, -10.0, 10.0)
+  expected = {"k1": d, "k2": 0.5 * d * d, "k3": np.exp(-d) + d - 1}[kind]
+  out = objectives.kl_penalty(logp, ref, kind=kind)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_kl_k3_never_overflows_and_is_nonnegative():
+  logp = jnp.array([-1e4, 1e4, 0.0, -88.0, 100.0])
+  ref = jnp.zeros(5)
+  for clamp in (10.0, 50.0):
+    out, grad = jax.value_and_grad(
+        lambda x: jnp.sum(objectives.kl_penalty(x, ref, clamp=clamp)))(logp)
+    chex.assert_tree_all_finite((out, grad))
+    assert np.all(np.asarray(objectives.kl_penalty(logp, ref, clamp=clamp))
+                  >= 0)
+
+
+def test_kl_bad_arguments():
+  with pytest.raises(ValueError, match="kind.*'k4'"):
+    objectives.kl_penalty(np.zeros(2), np.zeros(2), kind="k4")
+  for clamp in (0.0, -1.0, float("inf")):
+    with pytest.raises(ValueError, match="clamp"):
+      objectives.kl_penalty(np.zeros(2), np.zeros(2), clamp=clamp)
+  with pytest.raises(ValueError, match=r"ref_logp.*\(3,\)"):
+    objectives.kl_penalty(np.zeros(2), np.zeros(3))
