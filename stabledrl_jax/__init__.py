@@ -10,6 +10,9 @@ from stabledrl_jax.adaptive import ZScoreClipState
 from stabledrl_jax.adaptive import quantile_clip
 from stabledrl_jax.adaptive import skip_spikes
 from stabledrl_jax.adaptive import zscore_clip
+from stabledrl_jax.advantages import gae_advantages
+from stabledrl_jax.advantages import group_advantages
+from stabledrl_jax.advantages import rloo_advantages
 from stabledrl_jax.clipping import ClipState
 from stabledrl_jax.clipping import conditional_clip
 from stabledrl_jax.clipping import unconditional_clip
@@ -33,11 +36,14 @@ __all__ = (
     "aggregate_loss",
     "conditional_clip",
     "entropy_bonus",
+    "gae_advantages",
     "global_norm",
     "global_norm_squared",
+    "group_advantages",
     "grpo_policy_loss",
     "kl_penalty",
     "quantile_clip",
+    "rloo_advantages",
     "self_normalized_weights",
     "skip_spikes",
     "stabledrl_policy_loss",
