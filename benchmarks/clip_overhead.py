@@ -326,11 +326,15 @@ def format_step_table(results: list[VariantResult], grad_bytes: int) -> str:
   lines = [
       "| variant | bytes accessed (x adamw) | temp bytes | temp bytes (x adamw) "
       "| temp / gradient bytes | median wall time (x adamw) "
-      "| median ms | `conditional` ops |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|",
+      "| per-round ratio, 25-75% | median ms | `conditional` ops |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for res in results:
     med = statistics.median(res.times)
+    # Ratio to the baseline's time in the same round: its spread shows how
+    # noisy the machine was.
+    per_round = [t / b for t, b in zip(res.times, base.times)]
+    q25, q75 = np.percentile(per_round, [25, 75])
     byte_ratio = res.stats.bytes_accessed / base.stats.bytes_accessed
     if base.stats.temp_bytes:
       temp_ratio = f"{res.stats.temp_bytes / base.stats.temp_bytes:.4g}"
@@ -340,7 +344,7 @@ def format_step_table(results: list[VariantResult], grad_bytes: int) -> str:
         f"| {res.name} | {byte_ratio:.3f} | {_human_bytes(res.stats.temp_bytes)} "
         f"| {temp_ratio} "
         f"| {100 * res.stats.temp_bytes / grad_bytes:.4f}% "
-        f"| {med / base_time:.3f} | {1e3 * med:.1f} "
+        f"| {med / base_time:.3f} | {q25:.2f}-{q75:.2f} | {1e3 * med:.1f} "
         f"| {res.stats.num_conditionals} |")
   return "\n".join(lines)
 
