@@ -16,6 +16,10 @@ from stabledrl_jax.advantages import rloo_advantages
 from stabledrl_jax.clipping import ClipState
 from stabledrl_jax.clipping import conditional_clip
 from stabledrl_jax.clipping import unconditional_clip
+from stabledrl_jax.normalization import RunningStats
+from stabledrl_jax.normalization import init_running_stats
+from stabledrl_jax.normalization import normalize_rewards
+from stabledrl_jax.normalization import update_running_stats
 from stabledrl_jax.norms import global_norm
 from stabledrl_jax.norms import global_norm_squared
 from stabledrl_jax.objectives import aggregate_loss
@@ -31,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = (
     "ClipState",
     "QuantileClipState",
+    "RunningStats",
     "SkipSpikesState",
     "ZScoreClipState",
     "aggregate_loss",
@@ -41,13 +46,16 @@ __all__ = (
     "global_norm_squared",
     "group_advantages",
     "grpo_policy_loss",
+    "init_running_stats",
     "kl_penalty",
+    "normalize_rewards",
     "quantile_clip",
     "rloo_advantages",
     "self_normalized_weights",
     "skip_spikes",
     "stabledrl_policy_loss",
     "unconditional_clip",
+    "update_running_stats",
     "value_loss",
     "zscore_clip",
 )
