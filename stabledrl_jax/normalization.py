@@ -51,8 +51,11 @@ def init_running_stats(shape: tuple[int, ...] = ()) -> RunningStats:
     A :class:`RunningStats`.
 
   Examples:
-    >>> init_running_stats()
-    RunningStats(count=Array(0., dtype=float32), mean=Array(0., dtype=float32), var=Array(1., dtype=float32))
+    >>> s = init_running_stats()
+    >>> float(s.count), float(s.mean), float(s.var)
+    (0.0, 0.0, 1.0)
+    >>> init_running_stats((3,)).mean.shape
+    (3,)
   """
   return RunningStats(
       count=jnp.zeros((), jnp.float32),
