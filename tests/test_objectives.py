@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from stabledrl_jax import objectives
 
@@ -574,3 +577,44 @@ def test_kl_bad_arguments():
       objectives.kl_penalty(np.zeros(2), np.zeros(2), clamp=clamp)
   with pytest.raises(ValueError, match=r"ref_logp.*\(3,\)"):
     objectives.kl_penalty(np.zeros(2), np.zeros(3))
+
+
+# ---------------------------------------------------------------------------
+# Properties and tracing
+# ---------------------------------------------------------------------------
+
+_LOG_RATIOS = st.lists(
+    st.one_of(st.floats(-30.0, 30.0), st.sampled_from([-1e4, 1e4])),
+    min_size=6, max_size=6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(_LOG_RATIOS, st.lists(st.integers(0, 2), min_size=6, max_size=6),
+       st.floats(0.1, 50.0))
+def test_weights_properties(log_ratio, ids, max_ratio):
+  w = np.asarray(objectives.self_normalized_weights(
+      jnp.array(log_ratio, jnp.float32), max_ratio=max_ratio,
+      segment_ids=jnp.array(ids), num_segments=3))
+  assert np.all(np.isfinite(w)) and np.all(w >= 0)
+  ids = np.array(ids)
+  for g in range(3):
+    members = ids == g
+    if members.any():
+      np.testing.assert_allclose(w[members].sum(), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(
+      w, np_weights(np.float32(log_ratio), max_ratio, ids), rtol=1e-4,
+      atol=1e-6)
+
+
+def test_jitted_losses_trace_once():
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(seq_logp, old, adv, logp, old_logp, mask):
+    a, _ = objectives.stabledrl_policy_loss(seq_logp, old, adv)
+    b, _ = objectives.grpo_policy_loss(logp, old_logp, adv, mask)
+    return a + b
+  tokens = np.repeat(SEQ_LOGP[:, None] / 3, 3, axis=1)  # [6, 3]
+  for shift in (0.0, 1.0, 5.0):
+    out = step(SEQ_LOGP + shift, OLD, ADV, tokens + shift, tokens,
+               np.ones_like(tokens))
+    chex.assert_tree_all_finite(out)
