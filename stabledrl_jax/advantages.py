@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from stabledrl_jax import validation
 from stabledrl_jax.distributed import AxisName
 from stabledrl_jax.objectives import check_ndim
+from stabledrl_jax.objectives import check_positive_int
 from stabledrl_jax.objectives import check_same_shape
 from stabledrl_jax.objectives import float_dtype
 from stabledrl_jax.objectives import masked_total
@@ -39,10 +40,8 @@ class _Groups:
   def __init__(self, rewards: jax.Array, group_size: Any,
                axis_name: Optional[AxisName]):
     check_ndim("rewards", rewards, 1)
-    if (isinstance(group_size, bool) or not isinstance(group_size, int)
-        or group_size < 1):
-      raise ValueError(
-          f"group_size must be a positive Python int, got {group_size!r}.")
+    check_positive_int("group_size", group_size)
+    group_size = int(group_size)
     local = rewards.shape[0]
     if axis_name is None or axis_name == ():
       devices, first_row = 1, 0

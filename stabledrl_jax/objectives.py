@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stabledrl_jax import validation
 from stabledrl_jax.distributed import AxisName
@@ -48,6 +49,13 @@ def check_ndim(name: str, value: Any, ndim: int) -> None:
   if jnp.ndim(value) != ndim:
     raise ValueError(
         f"{name} must have {ndim} dimension(s), got shape {jnp.shape(value)}.")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+  """Raises ``ValueError`` unless ``value`` is a static integer ≥ 1."""
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or value < 1):
+    raise ValueError(f"{name} must be a positive Python int, got {value!r}.")
 
 
 def float_dtype(x: jax.Array) -> jnp.dtype:
@@ -105,12 +113,9 @@ def resolve_segments(values: jax.Array, segment_ids: Any,
     raise ValueError(
         "num_segments is required when segment_ids is given (a static int, "
         "the number of segments in the global batch), got None.")
-  if (isinstance(num_segments, bool) or not isinstance(num_segments, int)
-      or num_segments < 1):
-    raise ValueError(
-        f"num_segments must be a positive Python int, got {num_segments!r}.")
+  check_positive_int("num_segments", num_segments)
   check_same_shape("segment_ids", segment_ids, "the values", values)
-  return jnp.asarray(segment_ids).astype(jnp.int32), num_segments
+  return jnp.asarray(segment_ids).astype(jnp.int32), int(num_segments)
 
 
 # ---------------------------------------------------------------------------

@@ -167,3 +167,8 @@ def test_gae_bad_arguments():
   with pytest.raises(ValueError, match="rewards"):
     advantages.gae_advantages(jnp.float32(1), jnp.zeros(1), jnp.float32(1),
                               gamma=0.9, lam=0.9)
+
+
+def test_numpy_integer_sizes_accepted():
+  a = advantages.rloo_advantages(REWARDS, group_size=np.int64(4))
+  np.testing.assert_allclose(a, np_rloo(REWARDS, 4), rtol=1e-5, atol=1e-6)
