@@ -8,7 +8,7 @@ solved, then fine-tuned by RL with group sampling:
 * rollouts: 16 prompts x G = 8 completions, drawn by iterative
   confidence-based unmasking with temperature sampling;
 * reward: the fraction of completion positions equal to the sorted prompt;
-* advantages: group-normalised rewards;
+* advantages: :func:`stabledrl_jax.group_advantages` (group mean and std);
 * sequence log-likelihoods: the masked-diffusion ELBO estimated with a few
   Monte Carlo masks (``--num-mc``), the noisy estimate a real diffusion LM
   has to use; the importance log-ratio is ``ELBO_new - ELBO_old``;
@@ -94,14 +94,14 @@ class Config:
   num_layers: int = 2
   mlp_dim: int = 256
   # Masked-diffusion warm start (shared by every run).
-  warm_steps: int = 45
+  warm_steps: int = 70
   warm_batch: int = 64
   warm_lr: float = 3e-4
   warm_seed: int = 0
   t_min: float = 1e-3
   eval_prompts: int = 512
   # RL.
-  rl_steps: int = 300
+  rl_steps: int = 400
   num_prompts: int = 16
   group_size: int = 8
   inner_steps: int = 2
@@ -223,14 +223,6 @@ def sort_reward(prompts: jax.Array, completions: jax.Array) -> jax.Array:
   """``[B]`` fraction of completion positions equal to ``sort(prompt)``."""
   target = jnp.sort(prompts, axis=-1)
   return jnp.mean((completions == target).astype(jnp.float32), axis=-1)
-
-
-def group_advantages(rewards: jax.Array, group_size: int,
-                     eps: float = 1e-6) -> jax.Array:
-  """``[B]`` rewards minus their group mean, over the group std (GRPO)."""
-  groups = rewards.reshape(-1, group_size)
-  centred = groups - groups.mean(axis=1, keepdims=True)
-  return (centred / (groups.std(axis=1, keepdims=True) + eps)).reshape(-1)
 
 
 # ------------------------------------------------------- masked-diffusion ELBO
@@ -420,10 +412,12 @@ def make_rl_step(apply: LogitsFn, cfg: Config, method: str):
   Returns:
     ``step(params, opt_state, key) -> (params, opt_state, metrics)``.
     Metrics: ``reward`` (rollout mean), ``grad_norm`` (largest pre-clip
-    global norm over the inner steps, from ``ClipState``), ``max_ratio``
-    (largest ``exp(log_ratio)`` the loss saw), ``logratio_std`` (batch std of
-    the log-ratio at the first inner step), ``num_nonfinite`` (cumulative
-    non-finite steps from ``ClipState``).
+    global norm over the inner steps, from ``ClipState``), ``max_log_ratio``
+    (largest log-ratio the loss saw, noise included), ``bypass_fraction``
+    (share of samples with ``A < 0`` and ``r > 1 + eps``: GRPO's clip does not
+    bound them), ``logratio_std`` (batch std of the log-ratio at the first
+    inner step), ``num_nonfinite`` (cumulative non-finite steps from
+    ``ClipState``).
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -435,13 +429,14 @@ def make_rl_step(apply: LogitsFn, cfg: Config, method: str):
                          cfg.group_size, axis=0)
     completions = sample_completions(apply, params, key_s, prompts, cfg)
     rewards = sort_reward(prompts, completions)
-    advantages = group_advantages(rewards, cfg.group_size)
+    advantages = stabledrl_jax.group_advantages(
+        rewards, group_size=cfg.group_size, scale="group")
     old_masks = draw_masks(key_old, cfg.num_mc, cfg.batch, cfg.length,
                            cfg.t_min)
     old_logp = jax.lax.stop_gradient(elbo_from_masks(
         apply, params, prompts, completions, *old_masks, cfg.mask_id))
 
-    norms, max_log_ratio, log_ratio_std = [], [], None
+    norms, max_log_ratio, bypass, log_ratio_std = [], [], [], None
     for inner in range(cfg.inner_steps):
       key_m, key_n = jax.random.split(jax.random.fold_in(key_inner, inner))
       if cfg.masks == "coupled":
@@ -464,14 +459,19 @@ def make_rl_step(apply: LogitsFn, cfg: Config, method: str):
       params = optax.apply_updates(params, updates)
       norms.append(opt_state[0].global_norm)
       max_log_ratio.append(jnp.max(log_ratio))
+      # Where GRPO's conditional clip is bypassed: A < 0 and r > 1 + eps, so
+      # the unclipped r A term is the minimum and its gradient grows with r.
+      bypass.append(jnp.mean(((advantages < 0)
+                              & (log_ratio > jnp.log1p(cfg.clip_eps)))
+                             .astype(jnp.float32)))
       if log_ratio_std is None:
         log_ratio_std = jnp.std(log_ratio)
 
     metrics = {
         "reward": jnp.mean(rewards),
         "grad_norm": jnp.max(jnp.stack(norms)),
-        "max_ratio": jnp.exp(jnp.minimum(jnp.max(jnp.stack(max_log_ratio)),
-                                         80.0)),
+        "max_log_ratio": jnp.max(jnp.stack(max_log_ratio)),
+        "bypass_fraction": jnp.mean(jnp.stack(bypass)),
         "logratio_std": log_ratio_std,
         "num_nonfinite": opt_state[0].num_nonfinite,
     }
@@ -498,13 +498,24 @@ def collapse_stats(reward_curve) -> tuple:
   return final, best, bool(final < 0.5 * best)
 
 
+_STEPS = {}
+
+
+def cached_rl_step(apply: LogitsFn, cfg: Config, method: str):
+  """:func:`make_rl_step`, built (and compiled) once per configuration."""
+  key = (id(apply), cfg, method)
+  if key not in _STEPS:
+    _STEPS[key] = (apply, make_rl_step(apply, cfg, method))
+  return _STEPS[key][1]
+
+
 def run_one(cfg: Config, method: str, seed: int, params,
             apply: Optional[LogitsFn] = None,
             progress: Optional[Callable[[int], None]] = None) -> dict:
   """One RL run from the warm-start ``params``; returns its record."""
   if apply is None:
     apply, _ = make_model(cfg, cfg.warm_seed)
-  step = make_rl_step(apply, cfg, method)
+  step = cached_rl_step(apply, cfg, method)
   opt_state = make_optimizer(cfg).init(params)
   key = jax.random.key(seed)
   history = []
@@ -538,7 +549,10 @@ def run_one(cfg: Config, method: str, seed: int, params,
       "seconds": seconds,
       "reward_curve": rewards,
       "grad_norm_curve": norms,
-      "max_ratio_curve": curve("max_ratio"),
+      "max_ratio_curve": [float(np.exp(min(v, 20.0)))
+                          for v in curve("max_log_ratio")],
+      "max_log_ratio_curve": curve("max_log_ratio"),
+      "bypass_fraction_curve": curve("bypass_fraction"),
       "logratio_std_curve": curve("logratio_std"),
   }
 
@@ -554,10 +568,17 @@ def _init_worker(progress_queue):
   _PROGRESS = progress_queue
 
 
+_APPLY = {}
+
+
 def _worker(job: dict) -> dict:
   """Runs one job in a worker process: rebuilds the model, loads params."""
   cfg = Config(**job["config"])
-  apply, params = make_model(cfg, cfg.warm_seed)
+  arch = (cfg.length, cfg.vocab, cfg.d_model, cfg.num_heads, cfg.num_layers,
+          cfg.mlp_dim, cfg.warm_seed)
+  if arch not in _APPLY:
+    _APPLY[arch] = make_model(cfg, cfg.warm_seed)[0]
+  apply = _APPLY[arch]
   params = jax.tree.map(jnp.asarray, job["params"])
   report = None
   if _PROGRESS is not None:
@@ -623,7 +644,10 @@ def summarize(records: list) -> dict:
         "worst_spike_over_median": float(
             max(r["spike_over_median"] for r in runs)),
         "max_grad_norm": float(max(r["max_grad_norm"] for r in runs)),
-        "max_ratio": float(max(max(r["max_ratio_curve"]) for r in runs)),
+        "max_log_ratio": float(max(max(r["max_log_ratio_curve"])
+                                   for r in runs)),
+        "mean_bypass_fraction": float(np.mean(
+            [np.mean(r["bypass_fraction_curve"]) for r in runs])),
         "mean_logratio_std_first_step": float(
             np.mean([r["logratio_std_curve"][0] for r in runs])),
         "num_nonfinite": int(sum(r["num_nonfinite"] for r in runs)),

@@ -165,16 +165,11 @@ def test_sampler_temperature_draws_match_probabilities():
 # ------------------------------------------------------------- reward and loss
 
 
-def test_sort_reward_and_group_advantages_match_numpy():
+def test_sort_reward_matches_hand_computed():
   prompts = jnp.array([[3, 1, 2], [0, 0, 5]])
   completions = jnp.array([[1, 2, 2], [0, 5, 5]])
   np.testing.assert_allclose(
       np.asarray(dllm.sort_reward(prompts, completions)), [2 / 3, 2 / 3])
-  rewards = np.array([0.2, 0.4, 0.9, 0.1, 0.5, 0.5], np.float32)
-  got = np.asarray(dllm.group_advantages(jnp.asarray(rewards), 3))
-  g = rewards.reshape(2, 3).astype(np.float64)
-  want = (g - g.mean(1, keepdims=True)) / (g.std(1, keepdims=True) + 1e-6)
-  np.testing.assert_allclose(got, want.ravel(), rtol=1e-5, atol=1e-6)
 
 
 def test_grpo_sequence_loss_matches_numpy_and_is_unbounded_for_negative_a():
@@ -211,9 +206,8 @@ def test_collapse_stats_follow_the_ten_percent_rule():
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("masks", ["independent", "coupled"])
-def test_rl_step_runs_two_steps(method, masks):
-  cfg = small_config(masks=masks, num_mc=2, logratio_noise=0.3)
+def test_rl_step_runs_two_steps(method):
+  cfg = small_config(masks="independent", num_mc=2, logratio_noise=0.3)
   apply, params = dllm.make_model(cfg, 0)
   step = dllm.make_rl_step(apply, cfg, method)
   opt_state = dllm.make_optimizer(cfg).init(params)
@@ -225,7 +219,9 @@ def test_rl_step_runs_two_steps(method, masks):
   assert isinstance(clip_state, stabledrl_jax.ClipState)
   assert float(metrics["grad_norm"]) >= float(clip_state.global_norm) > 0
   assert 0 <= float(metrics["reward"]) <= 1
-  assert float(metrics["max_ratio"]) > 0 and float(metrics["logratio_std"]) > 0
+  assert np.isfinite(float(metrics["max_log_ratio"]))
+  assert float(metrics["logratio_std"]) > 0
+  assert 0 <= float(metrics["bypass_fraction"]) <= 1
   assert int(metrics["num_nonfinite"]) == 0
   moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(),
                        params, before)
@@ -242,7 +238,8 @@ def test_coupled_masks_without_noise_give_zero_log_ratio_at_first_step():
   opt_state = dllm.make_optimizer(cfg).init(params)
   _, _, metrics = step(params, opt_state, jax.random.key(0))
   assert float(metrics["logratio_std"]) == 0.0
-  assert float(metrics["max_ratio"]) == 1.0
+  assert float(metrics["max_log_ratio"]) == 0.0
+  assert float(metrics["bypass_fraction"]) == 0.0
 
 
 def test_bad_config_and_method_raise():
