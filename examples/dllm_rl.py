@@ -688,7 +688,7 @@ def plot_curves(records: list, warm_reward: float, cfg: Config, out: str):
 
 
 def plot_sweep(records: list, field: str, warm_reward: float, path: str):
-  """Final reward, worst spike and collapse count against the noise level."""
+  """Final reward, pre-clip norms and collapse count against the noise."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -701,20 +701,26 @@ def plot_sweep(records: list, field: str, warm_reward: float, path: str):
       runs = [r for r in records
               if r["method"] == method and r[field] == level]
       finals = [r["final_reward"] for r in runs]
-      spikes = [r["spike_over_median"] for r in runs]
       x = np.full(len(runs), j + shift)
       label = method if j == 0 else None
       axes[0].scatter(x, finals, color=COLORS[method], s=14, label=label)
       axes[0].errorbar(j + shift, np.mean(finals), yerr=np.std(finals),
                        color=COLORS[method], capsize=3, fmt="_")
-      axes[1].scatter(x, spikes, color=COLORS[method], s=14)
+      axes[1].scatter(x, [r["max_grad_norm"] for r in runs],
+                      color=COLORS[method], s=14)
+      axes[1].scatter(x, [r["median_grad_norm"] for r in runs],
+                      facecolors="none", edgecolors=COLORS[method], s=14)
       axes[2].bar(j + shift, sum(r["collapsed"] for r in runs), width=0.08,
                   color=COLORS[method])
   axes[0].axhline(warm_reward, color="k", ls="--", lw=1, label="warm start")
   axes[0].set_ylabel("final reward (last 10%)")
   axes[1].set_yscale("log")
-  axes[1].set_ylabel("max / median pre-clip norm")
+  axes[1].set_ylabel("pre-clip norm: max (filled), median (open)")
   axes[2].set_ylabel("collapsed seeds")
+  axes[2].set_ylim(0, max(1, max(
+      sum(1 for r in records if r["method"] == m and r[field] == level)
+      for m in METHODS for level in levels)))
+  axes[2].yaxis.get_major_locator().set_params(integer=True)
   for ax in axes:
     ax.set_xticks(range(len(levels)), [f"{v:g}" for v in levels])
     ax.set_xlabel(field)
