@@ -23,13 +23,13 @@ import jax.numpy as jnp
 
 from stabledrl_jax import validation
 from stabledrl_jax.distributed import AxisName
-from stabledrl_jax.objectives import check_ndim
-from stabledrl_jax.objectives import check_positive_int
-from stabledrl_jax.objectives import check_same_shape
-from stabledrl_jax.objectives import float_dtype
-from stabledrl_jax.objectives import masked_total
-from stabledrl_jax.objectives import safe_divide
-from stabledrl_jax.objectives import segment_total
+from stabledrl_jax.reductions import float_dtype
+from stabledrl_jax.reductions import masked_total
+from stabledrl_jax.reductions import safe_divide
+from stabledrl_jax.reductions import segment_total
+from stabledrl_jax.validation import check_ndim
+from stabledrl_jax.validation import check_positive_int
+from stabledrl_jax.validation import check_same_shape
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 

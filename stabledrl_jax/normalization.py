@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from stabledrl_jax import validation
 from stabledrl_jax.distributed import AxisName
 from stabledrl_jax.distributed import all_sum
-from stabledrl_jax.objectives import safe_divide
+from stabledrl_jax.reductions import safe_divide
 
 
 class RunningStats(NamedTuple):

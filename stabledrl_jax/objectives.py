@@ -7,8 +7,7 @@ Every function that reduces over the batch takes ``axis_name``: when the
 batch is split over that mapped axis (``jax.pmap`` / ``jax.shard_map``), sums
 and counts are ``psum``'d and maxima ``pmax``'d, so the result equals the one
 computed on the whole batch on one device. The reductions are written once,
-in :func:`masked_total`, :func:`segment_total`, :func:`segment_peak` and
-:func:`aggregate_loss`, and go through :mod:`stabledrl_jax.distributed`.
+in :mod:`stabledrl_jax.reductions` and :func:`aggregate_loss`.
 
 References:
   Zhong et al., `Stabilizing Reinforcement Learning for Diffusion Language
@@ -20,103 +19,24 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stabledrl_jax import validation
 from stabledrl_jax.distributed import AxisName
 from stabledrl_jax.distributed import all_max
 from stabledrl_jax.distributed import all_sum
+from stabledrl_jax.reductions import float_dtype
+from stabledrl_jax.reductions import masked_total
+from stabledrl_jax.reductions import resolve_segments
+from stabledrl_jax.reductions import safe_divide
+from stabledrl_jax.reductions import segment_peak
+from stabledrl_jax.reductions import segment_total
+from stabledrl_jax.reductions import valid_mask
+from stabledrl_jax.validation import check_ndim
+from stabledrl_jax.validation import check_same_shape
 
 # Log-ratios are clamped to this range before ``exp`` wherever a ratio value
 # (not a weight) is needed, so that ratios stay finite in float32.
 LOG_RATIO_LIMIT = 20.0
-
-# ---------------------------------------------------------------------------
-# Shared checks and reductions.
-# ---------------------------------------------------------------------------
-
-
-def check_same_shape(name: str, value: Any, ref_name: str, ref: Any) -> None:
-  """Raises ``ValueError`` unless ``value`` has the shape of ``ref``."""
-  if jnp.shape(value) != jnp.shape(ref):
-    raise ValueError(
-        f"{name} must have the shape of {ref_name} {jnp.shape(ref)}, got "
-        f"shape {jnp.shape(value)}.")
-
-
-def check_ndim(name: str, value: Any, ndim: int) -> None:
-  """Raises ``ValueError`` unless ``value`` has ``ndim`` dimensions."""
-  if jnp.ndim(value) != ndim:
-    raise ValueError(
-        f"{name} must have {ndim} dimension(s), got shape {jnp.shape(value)}.")
-
-
-def check_positive_int(name: str, value: Any) -> None:
-  """Raises ``ValueError`` unless ``value`` is a static integer ≥ 1."""
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < 1):
-    raise ValueError(f"{name} must be a positive Python int, got {value!r}.")
-
-
-def float_dtype(x: jax.Array) -> jnp.dtype:
-  """The dtype reductions use: ``x``'s float dtype, at least float32."""
-  return jnp.promote_types(jnp.result_type(x), jnp.float32)
-
-
-def valid_mask(mask: Any, like: jax.Array) -> jax.Array:
-  """``mask`` as booleans (all True when None), checked against ``like``."""
-  if mask is None:
-    return jnp.ones(jnp.shape(like), bool)
-  check_same_shape("mask", mask, "the values", like)
-  return jnp.asarray(mask) != 0
-
-
-def masked_total(x: Any, mask: jax.Array,
-                 axis_name: Optional[AxisName] = None) -> jax.Array:
-  """Sum of ``x`` over the entries where ``mask`` holds, over all devices.
-
-  Masked entries contribute exactly 0, even when they hold NaN or inf.
-  """
-  x = jnp.broadcast_to(jnp.asarray(x), mask.shape)
-  x = x.astype(float_dtype(x))
-  return all_sum(jnp.sum(jnp.where(mask, x, 0)), axis_name)
-
-
-def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-  """``numerator / denominator``, and 0 where the denominator is 0."""
-  nonzero = denominator != 0
-  return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1), 0)
-
-
-def segment_total(x: jax.Array, segment_ids: jax.Array, num_segments: int,
-                  axis_name: Optional[AxisName] = None) -> jax.Array:
-  """``[num_segments]`` sums of ``x`` per segment id, over all devices."""
-  return all_sum(jax.ops.segment_sum(x, segment_ids, num_segments), axis_name)
-
-
-def segment_peak(x: jax.Array, segment_ids: jax.Array, num_segments: int,
-                 axis_name: Optional[AxisName] = None) -> jax.Array:
-  """``[num_segments]`` maxima of ``x`` per segment id (-inf when empty)."""
-  return all_max(jax.ops.segment_max(x, segment_ids, num_segments), axis_name)
-
-
-def resolve_segments(values: jax.Array, segment_ids: Any,
-                     num_segments: Any) -> tuple[jax.Array, int]:
-  """Checks segment arguments; no ``segment_ids`` means one segment."""
-  if segment_ids is None:
-    if num_segments is not None:
-      raise ValueError(
-          "num_segments is only meaningful with segment_ids, got "
-          f"num_segments={num_segments!r} and segment_ids=None.")
-    return jnp.zeros(jnp.shape(values), jnp.int32), 1
-  if num_segments is None:
-    raise ValueError(
-        "num_segments is required when segment_ids is given (a static int, "
-        "the number of segments in the global batch), got None.")
-  check_positive_int("num_segments", num_segments)
-  check_same_shape("segment_ids", segment_ids, "the values", values)
-  return jnp.asarray(segment_ids).astype(jnp.int32), int(num_segments)
-
 
 # ---------------------------------------------------------------------------
 # StableDRL: unconditional ratio cap and self-normalization.

@@ -11,6 +11,7 @@ from collections.abc import Collection
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -44,3 +45,25 @@ def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
   if value not in choices:
     raise ValueError(
         f"{name} must be one of {sorted(choices)}, got {value!r}.")
+
+
+def check_same_shape(name: str, value: Any, ref_name: str, ref: Any) -> None:
+  """Raises ``ValueError`` unless ``value`` has the shape of ``ref``."""
+  if jnp.shape(value) != jnp.shape(ref):
+    raise ValueError(
+        f"{name} must have the shape of {ref_name} {jnp.shape(ref)}, got "
+        f"shape {jnp.shape(value)}.")
+
+
+def check_ndim(name: str, value: Any, ndim: int) -> None:
+  """Raises ``ValueError`` unless ``value`` has ``ndim`` dimensions."""
+  if jnp.ndim(value) != ndim:
+    raise ValueError(
+        f"{name} must have {ndim} dimension(s), got shape {jnp.shape(value)}.")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+  """Raises ``ValueError`` unless ``value`` is a static integer ≥ 1."""
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or value < 1):
+    raise ValueError(f"{name} must be a positive Python int, got {value!r}.")
