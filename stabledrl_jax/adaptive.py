@@ -35,7 +35,6 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from stabledrl_jax import clipping
@@ -45,13 +44,6 @@ from stabledrl_jax.distributed import AxisName
 
 # Added to the standard deviation before dividing by it, as in ZClip.
 _STD_EPS = 1e-6
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  """Raises unless ``value`` is a Python/NumPy integer ≥ ``minimum``."""
-  if (isinstance(value, (bool, np.bool_))
-      or not isinstance(value, (int, np.integer)) or value < minimum):
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def _check_unit_interval(name: str, value: Any, *, closed_right: bool) -> None:
@@ -75,12 +67,6 @@ def _ceiling(max_norm: Any) -> jax.Array:
   if max_norm is None:
     return jnp.asarray(jnp.inf, jnp.float32)
   return jnp.asarray(max_norm, jnp.float32)
-
-
-def _check_params_layout(params: Any, partition_specs: Any) -> None:
-  """Checks ``partition_specs`` against the params at ``init`` time."""
-  if partition_specs is not None and params is not None:
-    norms.leaf_partition_specs(params, partition_specs)
 
 
 def _f32(x: Any) -> jax.Array:
@@ -186,13 +172,13 @@ def zscore_clip(
   """
   _check_unit_interval("alpha", alpha, closed_right=False)
   validation.check_positive("z_thresh", z_thresh)
-  _check_int("warmup_steps", warmup_steps, 0)
+  validation.check_int("warmup_steps", warmup_steps, 0)
   _check_max_norm(max_norm)
   norms.check_layout(axis_name, partition_specs)
   num_warmup = max(int(warmup_steps), 1)
 
   def init_fn(params):
-    _check_params_layout(params, partition_specs)
+    norms.check_params_layout(params, partition_specs)
     return ZScoreClipState(
         count=jnp.zeros((), jnp.int32),
         mean=jnp.zeros((), jnp.float32),
@@ -220,8 +206,7 @@ def zscore_clip(
     z_cap = jnp.where(outlier, mean + zt * zt * std / z, jnp.inf)
     cap = jnp.minimum(z_cap, ceiling)
 
-    scale = jnp.where(finite, clipping.clip_scale(norm, cap), 0.0)
-    updates = clipping.scale_updates(updates, scale, finite)
+    updates, scale = clipping.clip_to_threshold(updates, norm, cap)
 
     # Warm-up: running plain mean and population variance (Welford).
     n_new = (state.count + 1).astype(jnp.float32)
@@ -238,6 +223,8 @@ def zscore_clip(
 
     threshold = jnp.where(
         warming, ceiling, jnp.minimum(mean + zt * (std + _STD_EPS), ceiling))
+    num_clipped, num_nonfinite = clipping.count_steps(
+        state.num_clipped, state.num_nonfinite, norm, cap)
     new_state = ZScoreClipState(
         count=state.count + finite.astype(jnp.int32),
         mean=jnp.where(finite, new_mean, mean).astype(jnp.float32),
@@ -245,9 +232,8 @@ def zscore_clip(
         threshold=threshold.astype(jnp.float32),
         global_norm=norm,
         scale=scale.astype(jnp.float32),
-        num_clipped=state.num_clipped + (finite & (norm > cap)).astype(
-            jnp.int32),
-        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+        num_clipped=num_clipped,
+        num_nonfinite=num_nonfinite,
     )
     return updates, new_state
 
@@ -357,8 +343,8 @@ def quantile_clip(
     Separation Networks <https://arxiv.org/abs/2007.14469>`_, 2020.
   """
   _check_unit_interval("quantile", quantile, closed_right=True)
-  _check_int("history", history, 1)
-  _check_int("min_history", min_history, 1)
+  validation.check_int("history", history, 1)
+  validation.check_int("min_history", min_history, 1)
   if min_history > history:
     raise ValueError(
         f"min_history must be <= history ({history!r}), got {min_history!r}.")
@@ -366,7 +352,7 @@ def quantile_clip(
   size = int(history)
 
   def init_fn(params):
-    _check_params_layout(params, partition_specs)
+    norms.check_params_layout(params, partition_specs)
     return QuantileClipState(
         norms=jnp.zeros((size,), jnp.float32),
         count=jnp.zeros((), jnp.int32),
@@ -385,18 +371,18 @@ def quantile_clip(
     ready = state.count >= min_history
     threshold = jnp.where(
         ready, _ring_quantile(state.norms, state.count, quantile), jnp.inf)
-    scale = jnp.where(finite, clipping.clip_scale(norm, threshold), 0.0)
-    updates = clipping.scale_updates(updates, scale, finite)
+    updates, scale = clipping.clip_to_threshold(updates, norm, threshold)
     recorded = state.norms.at[state.count % size].set(norm)
+    num_clipped, num_nonfinite = clipping.count_steps(
+        state.num_clipped, state.num_nonfinite, norm, threshold)
     new_state = QuantileClipState(
         norms=jnp.where(finite, recorded, state.norms),
         count=state.count + finite.astype(jnp.int32),
         threshold=threshold.astype(jnp.float32),
         global_norm=norm,
         scale=scale.astype(jnp.float32),
-        num_clipped=state.num_clipped + (finite & (norm > threshold)).astype(
-            jnp.int32),
-        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+        num_clipped=num_clipped,
+        num_nonfinite=num_nonfinite,
     )
     return updates, new_state
 
@@ -525,18 +511,18 @@ def skip_spikes(
   _check_max_norm(max_norm)
   if z_thresh is not None:
     validation.check_positive("z_thresh", z_thresh)
-  _check_int("window", window, 1)
-  _check_int("min_history", min_history, 1)
+  validation.check_int("window", window, 1)
+  validation.check_int("min_history", min_history, 1)
   if min_history > window:
     raise ValueError(
         f"min_history must be <= window ({window!r}), got {min_history!r}.")
-  _check_int("max_consecutive", max_consecutive, 1)
+  validation.check_int("max_consecutive", max_consecutive, 1)
   norms.check_layout(axis_name, partition_specs)
   inner = optax.with_extra_args_support(inner)
   size = int(window)
 
   def init_fn(params):
-    _check_params_layout(params, partition_specs)
+    norms.check_params_layout(params, partition_specs)
     return SkipSpikesState(
         inner_state=inner.init(params),
         norms=jnp.zeros((size,), jnp.float32),

@@ -27,8 +27,8 @@ from stabledrl_jax.reductions import float_dtype
 from stabledrl_jax.reductions import masked_total
 from stabledrl_jax.reductions import safe_divide
 from stabledrl_jax.reductions import segment_total
+from stabledrl_jax.validation import check_int
 from stabledrl_jax.validation import check_ndim
-from stabledrl_jax.validation import check_positive_int
 from stabledrl_jax.validation import check_same_shape
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
@@ -40,7 +40,7 @@ class _Groups:
   def __init__(self, rewards: jax.Array, group_size: Any,
                axis_name: Optional[AxisName]):
     check_ndim("rewards", rewards, 1)
-    check_positive_int("group_size", group_size)
+    check_int("group_size", group_size)
     group_size = int(group_size)
     local = rewards.shape[0]
     if axis_name is None or axis_name == ():

@@ -96,25 +96,41 @@ def scale_updates(updates: Any, scale: jax.Array, finite: Optional[jax.Array]):
   return jax.tree.map(scale_leaf, updates)
 
 
+def clip_to_threshold(updates: Any, norm: jax.Array,
+                      threshold: Any) -> tuple[Any, jax.Array]:
+  """Scales ``updates`` by ``clip_scale(norm, threshold)``; zeroes them when
+  ``norm`` is NaN/inf. The "zero" policy shared by every clipping transform.
+
+  Returns:
+    ``(scaled updates, float32 scale applied)`` (scale 0 for a non-finite norm).
+  """
+  finite = jnp.isfinite(norm)
+  scale = jnp.where(finite, clip_scale(norm, threshold), 0.0)
+  return scale_updates(updates, scale, finite), scale
+
+
+def count_steps(num_clipped: jax.Array, num_nonfinite: jax.Array,
+                norm: jax.Array, threshold: Any) -> tuple[jax.Array, jax.Array]:
+  """Adds this step to the int32 counters of clipped and non-finite steps."""
+  finite = jnp.isfinite(norm)
+  clipped = finite & (norm > jnp.asarray(threshold, jnp.float32))
+  return (num_clipped + clipped.astype(jnp.int32),
+          num_nonfinite + (~finite).astype(jnp.int32))
+
+
 def _init_fn(partition_specs: Any):
   """An ``init_fn`` that checks ``partition_specs`` against the params early."""
   def init_fn(params):
-    if partition_specs is not None and params is not None:
-      norms.leaf_partition_specs(params, partition_specs)
+    norms.check_params_layout(params, partition_specs)
     return init_clip_state()
   return init_fn
 
 
 def _next_state(state: ClipState, norm: jax.Array, scale: jax.Array,
                 max_norm: Any) -> ClipState:
-  finite = jnp.isfinite(norm)
-  clipped = finite & (norm > jnp.asarray(max_norm, jnp.float32))
-  return ClipState(
-      global_norm=norm,
-      scale=scale.astype(jnp.float32),
-      num_clipped=state.num_clipped + clipped.astype(jnp.int32),
-      num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
-  )
+  num_clipped, num_nonfinite = count_steps(
+      state.num_clipped, state.num_nonfinite, norm, max_norm)
+  return ClipState(norm, scale.astype(jnp.float32), num_clipped, num_nonfinite)
 
 
 def unconditional_clip(
@@ -167,12 +183,10 @@ def unconditional_clip(
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    scale = clip_scale(norm, max_norm)
     if nonfinite == "zero":
-      finite = jnp.isfinite(norm)
-      scale = jnp.where(finite, scale, 0.0)
-      updates = scale_updates(updates, scale, finite)
+      updates, scale = clip_to_threshold(updates, norm, max_norm)
     else:
+      scale = clip_scale(norm, max_norm)
       updates = scale_updates(updates, scale, None)
     return updates, _next_state(state, norm, scale, max_norm)
 

@@ -96,6 +96,12 @@ def leaf_partition_specs(tree: Any, partition_specs: Any) -> list[PartitionSpec]
   return specs
 
 
+def check_params_layout(params: Any, partition_specs: Any) -> None:
+  """At ``init``: raises when ``partition_specs`` does not match ``params``."""
+  if partition_specs is not None and params is not None:
+    leaf_partition_specs(params, partition_specs)
+
+
 def check_layout(axis_name: Optional[AxisName], partition_specs: Any) -> None:
   """Raises when both ``axis_name`` and ``partition_specs`` are given."""
   if axis_name is not None and partition_specs is not None:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from stabledrl_jax.distributed import AxisName
 from stabledrl_jax.distributed import all_max
 from stabledrl_jax.distributed import all_sum
-from stabledrl_jax.validation import check_positive_int
+from stabledrl_jax.validation import check_int
 from stabledrl_jax.validation import check_same_shape
 
 
@@ -73,6 +73,6 @@ def resolve_segments(values: jax.Array, segment_ids: Any,
     raise ValueError(
         "num_segments is required when segment_ids is given (a static int, "
         "the number of segments in the global batch), got None.")
-  check_positive_int("num_segments", num_segments)
+  check_int("num_segments", num_segments)
   check_same_shape("segment_ids", segment_ids, "the values", values)
   return jnp.asarray(segment_ids).astype(jnp.int32), int(num_segments)

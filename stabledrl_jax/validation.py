@@ -62,8 +62,8 @@ def check_ndim(name: str, value: Any, ndim: int) -> None:
         f"{name} must have {ndim} dimension(s), got shape {jnp.shape(value)}.")
 
 
-def check_positive_int(name: str, value: Any) -> None:
-  """Raises ``ValueError`` unless ``value`` is a static integer ≥ 1."""
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < 1):
-    raise ValueError(f"{name} must be a positive Python int, got {value!r}.")
+def check_int(name: str, value: Any, minimum: int = 1) -> None:
+  """Raises unless ``value`` is a static (Python/NumPy) integer ≥ ``minimum``."""
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, (int, np.integer)) or value < minimum):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
