@@ -477,6 +477,13 @@ SHARDED = {
 }
 
 
+def to_varying(x, axis):
+  """Marks a replicated value as per-device (``pcast`` from jax 0.9 on)."""
+  if hasattr(jax.lax, "pcast"):
+    return jax.lax.pcast(x, axis, to="varying")
+  return jax.lax.pvary(x, axis)
+
+
 def sharded_trace_trees(trace, seed=3):
   """Trees {"w": [16, 3], "b": [8]} with global norm ``trace[i]``."""
   rng = np.random.default_rng(seed)
@@ -512,8 +519,7 @@ def test_shard_map_matches_single_device_and_state_is_replicated(
   def body(u, s):
     out, new = tx.update(u, s, u)
     # Every device's copy of the state, to check at run time as well.
-    copies = jax.tree.map(lambda x: jax.lax.pcast(x, "x", to="varying")[None],
-                          new)
+    copies = jax.tree.map(lambda x: to_varying(x, "x")[None], new)
     return out, new, copies
 
   step = jax.jit(jax.shard_map(
