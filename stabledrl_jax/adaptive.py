@@ -94,6 +94,15 @@ class ZScoreClipState(NamedTuple):
       ``global_norm * scale`` (0 for a non-finite step).
     num_clipped: int32 number of steps that were scaled down.
     num_nonfinite: int32 number of steps whose norm was NaN or inf.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = zscore_clip(warmup_steps=2)
+    >>> state = tx.init({"w": jnp.zeros(1)})
+    >>> for g in [1.0, 3.0]:
+    ...   _, state = tx.update({"w": jnp.array([g])}, state)
+    >>> float(state.mean), float(state.var), int(state.count)
+    (2.0, 1.0, 2)
   """
   count: jax.Array
   mean: jax.Array
@@ -258,6 +267,15 @@ class QuantileClipState(NamedTuple):
       step).
     num_clipped: int32 number of steps that were scaled down.
     num_nonfinite: int32 number of steps whose norm was NaN or inf.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> tx = quantile_clip(history=4, min_history=1)
+    >>> state = tx.init({"w": jnp.zeros(1)})
+    >>> for g in [1.0, 2.0, 8.0]:
+    ...   _, state = tx.update({"w": jnp.array([g])}, state)
+    >>> state.norms, round(float(state.threshold), 6)  # 0.9-quantile of [1, 2]
+    (Array([1., 2., 8., 0.], dtype=float32), 1.9)
   """
   norms: jax.Array
   count: jax.Array
@@ -410,6 +428,14 @@ class SkipSpikesState(NamedTuple):
     num_nonfinite: int32 number of steps whose norm was NaN or inf.
     consecutive_skips: int32 number of skips in a row up to the last step
       (0 after a step is taken).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = skip_spikes(optax.sgd(1.0), max_norm=10.0)
+    >>> state = tx.init({"w": jnp.zeros(1)})
+    >>> out, state = tx.update({"w": jnp.array([50.0])}, state)
+    >>> out["w"], bool(state.skipped), int(state.num_skipped)
+    (Array([0.], dtype=float32), True, 1)
   """
   inner_state: Any
   norms: jax.Array

@@ -48,6 +48,15 @@ class ClipState(NamedTuple):
       under ``nonfinite="zero"``).
     num_clipped: int32 number of steps whose norm exceeded ``max_norm``.
     num_nonfinite: int32 number of steps whose norm was NaN or inf.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> tx = optax.chain(unconditional_clip(1.0), optax.sgd(0.1))
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> _, opt_state = tx.update(params, tx.init(params), params)
+    >>> clip_state = opt_state[0]  # log these
+    >>> float(clip_state.global_norm), round(float(clip_state.scale), 6)
+    (5.0, 0.2)
   """
   global_norm: jax.Array
   scale: jax.Array

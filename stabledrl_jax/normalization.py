@@ -35,6 +35,13 @@ class RunningStats(NamedTuple):
     mean: float32 ``shape`` array, their mean.
     var: float32 ``shape`` array, their population variance (1 while
       ``count`` is 0, so normalizing before any update is the identity).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> stats = update_running_stats(init_running_stats(),
+    ...                              jnp.array([1.0, 2.0, 3.0]))
+    >>> float(stats.count), float(stats.mean), round(float(stats.var), 4)
+    (3.0, 2.0, 0.6667)
   """
   count: jax.Array
   mean: jax.Array

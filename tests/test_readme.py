@@ -33,3 +33,10 @@ def test_readme_starts_with_the_two_set_up_commands():
   assert commands[1].endswith("-m pytest")
   ci = (ROOT / ".ci" / "run").read_text()
   assert commands[1] in ci
+
+
+def test_every_public_name_has_a_runnable_example():
+  import stabledrl_jax  # pylint: disable=g-import-not-at-top
+  missing = [name for name in stabledrl_jax.__all__
+             if ">>>" not in (getattr(stabledrl_jax, name).__doc__ or "")]
+  assert not missing
