@@ -30,8 +30,9 @@ def use_cpu_devices(count: int) -> None:
 
   Call before the first JAX operation. Does nothing when the user already
   chose a device count (``jax_num_cpu_devices`` or ``XLA_FLAGS``) or asked for
-  a platform other than the CPU; on a machine with an accelerator JAX uses the
-  accelerator and the extra CPU devices stay idle.
+  a platform other than the CPU, or when the backend is already running; on a
+  machine with an accelerator JAX uses the accelerator and the extra CPU
+  devices stay idle.
   """
   platforms = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")
   if platforms and "cpu" not in platforms.split(","):
@@ -40,16 +41,20 @@ def use_cpu_devices(count: int) -> None:
     return
   if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return
-  jax.config.update("jax_num_cpu_devices", count)
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # the backend started before this call
+    pass
 
 
 class MLP(nnx.Module):
-  """``Linear → gelu → Linear → gelu → Linear``; logits ``[B, NUM_CLASSES]``."""
+  """``Linear → gelu → Linear → gelu → Linear``; outputs ``[B, num_outputs]``."""
 
-  def __init__(self, hidden: int, *, rngs: nnx.Rngs):
-    self.layer1 = nnx.Linear(NUM_FEATURES, hidden, rngs=rngs)
+  def __init__(self, num_inputs: int, hidden: int, num_outputs: int, *,
+               rngs: nnx.Rngs):
+    self.layer1 = nnx.Linear(num_inputs, hidden, rngs=rngs)
     self.layer2 = nnx.Linear(hidden, hidden, rngs=rngs)
-    self.head = nnx.Linear(hidden, NUM_CLASSES, rngs=rngs)
+    self.head = nnx.Linear(hidden, num_outputs, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jax.nn.gelu(self.layer1(x))
@@ -59,7 +64,8 @@ class MLP(nnx.Module):
 
 def init_model(hidden: int, seed: int) -> tuple[nnx.GraphDef, dict]:
   """Builds the student; returns its graph and a dict of float32 parameters."""
-  graphdef, state = nnx.split(MLP(hidden, rngs=nnx.Rngs(seed)))
+  graphdef, state = nnx.split(
+      MLP(NUM_FEATURES, hidden, NUM_CLASSES, rngs=nnx.Rngs(seed)))
   return graphdef, nnx.to_pure_dict(state)
 
 

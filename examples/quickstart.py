@@ -23,7 +23,6 @@ Run::
 """
 
 import argparse
-import os
 import sys
 import time
 from typing import Any, NamedTuple, Optional, Sequence
@@ -38,43 +37,9 @@ import tqdm
 
 import stabledrl_jax as sdrl
 
+import _common
+
 NUM_CPU_DEVICES = 8
-
-
-def request_cpu_devices(count: int = NUM_CPU_DEVICES) -> None:
-  """Asks for ``count`` CPU devices unless the user chose a device setup.
-
-  Must run before JAX starts its backend; does nothing when a count was set
-  already (``jax_num_cpu_devices`` or ``XLA_FLAGS``), when ``JAX_PLATFORMS``
-  excludes the CPU, or when the backend is already running. The setting only
-  affects the CPU backend: on a GPU/TPU machine the accelerators are used.
-  """
-  if jax.config.jax_num_cpu_devices != -1:
-    return
-  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-    return
-  platforms = jax.config.jax_platforms or ""
-  if platforms and "cpu" not in platforms.split(","):
-    return
-  try:
-    jax.config.update("jax_num_cpu_devices", count)
-  except RuntimeError:  # the backend started before main() was called
-    pass
-
-
-class MLP(nnx.Module):
-  """``in -> hidden -> hidden -> out`` with GELU activations."""
-
-  def __init__(self, num_inputs: int, hidden: int, num_outputs: int, *,
-               rngs: nnx.Rngs):
-    self.layer1 = nnx.Linear(num_inputs, hidden, rngs=rngs)
-    self.layer2 = nnx.Linear(hidden, hidden, rngs=rngs)
-    self.head = nnx.Linear(hidden, num_outputs, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = jax.nn.gelu(self.layer1(x))
-    x = jax.nn.gelu(self.layer2(x))
-    return self.head(x)
 
 
 class Teacher(NamedTuple):
@@ -123,7 +88,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Trains, prints progress and a summary line; returns the final figures."""
   args = parse_args(argv)
-  request_cpu_devices()
+  _common.use_cpu_devices(NUM_CPU_DEVICES)
   start = time.perf_counter()
 
   num_inputs, num_outputs = 16, 4
@@ -134,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   data_key, model_key, teacher_key = jax.random.split(
       jax.random.key(args.seed), 3)
   teacher = make_teacher(teacher_key, num_inputs, num_outputs)
-  model = MLP(num_inputs, args.hidden, num_outputs,
+  model = _common.MLP(num_inputs, args.hidden, num_outputs,
               rngs=nnx.Rngs(model_key))
   graphdef, params = nnx.split(model, nnx.Param)
 

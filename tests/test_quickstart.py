@@ -8,6 +8,7 @@ data-parallel path and the benchmark's shard_map all-reduce count runs on a
 import importlib.util
 import os
 import re
+import sys
 
 import chex
 import jax
@@ -18,6 +19,7 @@ import pytest
 import stabledrl_jax as sdrl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "examples"))  # the examples' _common
 
 
 def _load(relative_path, name):
