@@ -260,8 +260,8 @@ class QuantileClipState(NamedTuple):
     norms: float32 ``[history]`` ring buffer of the last finite pre-clip
       norms; slot ``i`` holds the norm recorded when ``count % history == i``.
     count: int32 number of finite norms recorded so far.
-    threshold: float32 threshold applied to the last step (+inf before
-      ``min_history`` norms were recorded).
+    threshold: float32 threshold applied to the last step (``max_norm``, or
+      +inf without it, before ``min_history`` norms were recorded).
     global_norm: float32 pre-clip global norm of the last update.
     scale: float32 factor applied to the last update (0 for a non-finite
       step).
@@ -312,6 +312,7 @@ def quantile_clip(
     quantile: float = 0.9,
     history: int = 1000,
     min_history: int = 10,
+    max_norm: Any = None,
     axis_name: Optional[AxisName] = None,
     partition_specs: Any = None,
 ) -> optax.GradientTransformation:
@@ -321,7 +322,7 @@ def quantile_clip(
   pre-clip norms, with linear interpolation (``numpy.quantile``'s default),
   computed *before* this step's norm is recorded; the update is scaled by
   ``min(1, threshold / g)``. Until ``min_history`` norms are recorded the
-  step passes unchanged. The history is a ``[history]`` ring buffer in the
+  step passes unchanged (or is clipped at ``max_norm`` when given). The history is a ``[history]`` ring buffer in the
   state (no host-side list), so the transform jits, checkpoints and runs
   under ``shard_map``; each step sorts it once (O(history log history)).
 
@@ -332,6 +333,8 @@ def quantile_clip(
     history: how many recent norms are kept; ≥ 1.
     min_history: norms needed before clipping starts; 1 ≤ min_history ≤
       history.
+    max_norm: optional hard ceiling: the threshold is
+      ``min(quantile threshold, max_norm)`` at every step.
     axis_name: mapped axis name(s) every leaf is split over; see
       :func:`stabledrl_jax.global_norm`.
     partition_specs: pytree of ``PartitionSpec`` matching the updates; see
@@ -366,6 +369,7 @@ def quantile_clip(
   if min_history > history:
     raise ValueError(
         f"min_history must be <= history ({history!r}), got {min_history!r}.")
+  _check_max_norm(max_norm)
   norms.check_layout(axis_name, partition_specs)
   size = int(history)
 
@@ -374,7 +378,7 @@ def quantile_clip(
     return QuantileClipState(
         norms=jnp.zeros((size,), jnp.float32),
         count=jnp.zeros((), jnp.int32),
-        threshold=jnp.asarray(jnp.inf, jnp.float32),
+        threshold=_ceiling(max_norm),
         global_norm=jnp.zeros((), jnp.float32),
         scale=jnp.ones((), jnp.float32),
         num_clipped=jnp.zeros((), jnp.int32),
@@ -387,8 +391,9 @@ def quantile_clip(
         updates, axis_name=axis_name, partition_specs=partition_specs)
     finite = jnp.isfinite(norm)
     ready = state.count >= min_history
-    threshold = jnp.where(
-        ready, _ring_quantile(state.norms, state.count, quantile), jnp.inf)
+    threshold = jnp.minimum(jnp.where(
+        ready, _ring_quantile(state.norms, state.count, quantile), jnp.inf),
+                            _ceiling(max_norm))
     updates, scale = clipping.clip_to_threshold(updates, norm, threshold)
     recorded = state.norms.at[state.count % size].set(norm)
     num_clipped, num_nonfinite = clipping.count_steps(

@@ -28,7 +28,9 @@ from stabledrl_jax.distributed import AxisName
 
 
 def is_counted(leaf: Any) -> bool:
-  """True for leaves that enter a norm: floating or complex arrays."""
+  """True for leaves that enter a norm: floating or complex arrays/scalars."""
+  if isinstance(leaf, (float, complex)):
+    return True
   if leaf is None or not hasattr(leaf, "dtype"):
     return False
   return bool(jnp.issubdtype(leaf.dtype, jnp.inexact))
@@ -36,6 +38,7 @@ def is_counted(leaf: Any) -> bool:
 
 def _sum_of_squares(leaf: jax.Array) -> jax.Array:
   """``sum(|leaf|**2)`` accumulated in float32 (float64 leaves keep float64)."""
+  leaf = jnp.asarray(leaf)
   real_dtype = jnp.promote_types(jnp.finfo(leaf.dtype).dtype, jnp.float32)
   if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
     re = jnp.real(leaf).astype(real_dtype)

@@ -556,3 +556,21 @@ def test_benchmark_script_draws_the_plot(tmp_path):
   assert out.stat().st_size > 10_000
   for name in ("fixed", "z-score", "quantile", "skip"):
     assert name in result.stdout
+
+
+def test_quantile_clip_max_norm_is_a_ceiling_at_every_step():
+  tx = sdrl.quantile_clip(quantile=0.5, history=4, min_history=2, max_norm=2.0)
+  update = jax.jit(tx.update)
+  state = tx.init({"w": jnp.zeros(1)})
+  history, out_norms, expected = [], [], []
+  for g in [5.0, 1.0, 3.0, 4.0, 1.5]:
+    out, state = update({"w": jnp.array([g])}, state)
+    out_norms.append(abs(float(out["w"][0])))
+    threshold = 2.0
+    if len(history) >= 2:
+      threshold = min(float(np.quantile(history[-4:], 0.5)), 2.0)
+    expected.append(min(g, threshold))
+    history.append(g)
+  np.testing.assert_allclose(out_norms, expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="max_norm"):
+    sdrl.quantile_clip(max_norm=-1.0)

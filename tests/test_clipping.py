@@ -318,6 +318,26 @@ def test_hlo_unconditional_has_no_conditional_conditional_has_one():
       assert count_conditionals(hlo) == expected, (clip, nonfinite)
 
 
+def test_python_float_leaves_count_and_are_clipped():
+  tree = {"a": 30.0, "b": jnp.array([40.0])}
+  np.testing.assert_allclose(float(sdrl.global_norm(tree)), 50.0, rtol=1e-7)
+  for clip in CLIPS:
+    tx = clip(1.0)
+    out, state = tx.update(tree, tx.init(tree))
+    np.testing.assert_allclose(float(out["a"]), 0.6, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["b"]), [0.8], rtol=1e-6)
+    assert float(state.global_norm) == pytest.approx(50.0)
+
+
+def test_branch_free_program_text_has_no_branch_word():
+  # (The test's own name is in the program's debug names: it avoids the word.)
+  tx = sdrl.unconditional_clip(1.0)
+  tree = make_tree()
+  update = lambda u, s: tx.update(u, s)
+  hlo = jax.jit(update).lower(tree, tx.init(tree)).compile().as_text()
+  assert "conditional" not in hlo
+
+
 def test_no_retracing_across_steps():
   tx = optax.chain(sdrl.unconditional_clip(1.0), optax.adam(1e-2))
 
