@@ -35,10 +35,8 @@ Usage::
 
   python examples/dllm_rl.py --out examples/results/dllm_rl
   python examples/dllm_rl.py --quick --out /tmp/dllm_quick
-  python examples/dllm_rl.py --seeds 3 --sweep-sigma 0,0.3,1,3 \
-      --out examples/results/dllm_rl
-  python examples/dllm_rl.py --seeds 3 --sweep-mc 1,4,16 \
-      --out examples/results/dllm_rl
+  python examples/dllm_rl.py --seeds 3 --sweep-sigma 0,0.3,1,3 --out examples/results/dllm_rl
+  python examples/dllm_rl.py --seeds 3 --sweep-mc 1,4,16 --out examples/results/dllm_rl
 
 Outputs ``DIR/results.json``, ``DIR/reward.png`` and ``DIR/grad_norm.png``
 (or ``DIR/sweep_<name>.json`` and ``DIR/sweep_<name>.png`` for a sweep).
