@@ -146,7 +146,8 @@ def zscore_clip(
     alpha: EMA decay in (0, 1).
     z_thresh: z-score above which a norm is an outlier; > 0.
     warmup_steps: number of finite norms averaged before the EMA takes over;
-      ≥ 0.
+      ≥ 0. A static int: with ``optax.inject_hyperparams`` pass it in
+      ``static_args``.
     max_norm: optional hard ceiling on the norm, applied at every step
       (warm-up included); a positive finite number or a traced scalar.
     axis_name: mapped axis name(s) every leaf is split over; see
