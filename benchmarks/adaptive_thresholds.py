@@ -16,9 +16,9 @@ Four rules see the same trace (one jitted ``lax.scan`` each):
 
 The top panel draws the raw norm and each rule's threshold (the largest norm
 a step may have and pass unchanged); the bottom panel the norm each rule hands
-to the optimizer. A table on stdout counts clipped/skipped steps, the median
-fraction of the norm kept on ordinary (non-spike) steps, and the largest norm
-passed on.
+to the optimizer. A table on stdout counts clipped/skipped steps, gives the
+mean fraction of the norm kept on ordinary (non-spike) steps, and counts the
+finite spikes passed on at more than twice the level.
 
 Run::
 

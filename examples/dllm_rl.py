@@ -510,12 +510,9 @@ def cached_rl_step(apply: LogitsFn, cfg: Config, method: str):
   return _STEPS[key][1]
 
 
-def run_one(cfg: Config, method: str, seed: int, params,
-            apply: Optional[LogitsFn] = None,
+def run_one(cfg: Config, method: str, seed: int, params, apply: LogitsFn,
             progress: Optional[Callable[[int], None]] = None) -> dict:
   """One RL run from the warm-start ``params``; returns its record."""
-  if apply is None:
-    apply, _ = make_model(cfg, cfg.warm_seed)
   step = cached_rl_step(apply, cfg, method)
   opt_state = make_optimizer(cfg).init(params)
   key = jax.random.key(seed)
@@ -581,10 +578,8 @@ def _worker(job: dict) -> dict:
     _APPLY[arch] = make_model(cfg, cfg.warm_seed)[0]
   apply = _APPLY[arch]
   params = jax.tree.map(jnp.asarray, job["params"])
-  report = None
-  if _PROGRESS is not None:
-    report = _PROGRESS.put
-  return run_one(cfg, job["method"], job["seed"], params, apply, report)
+  return run_one(cfg, job["method"], job["seed"], params, apply,
+                 _PROGRESS.put)
 
 
 def run_jobs(jobs: list, params, workers: int, desc: str) -> list:
@@ -804,9 +799,13 @@ def main(argv=None) -> dict:
                      desc=f"{len(jobs)} RL runs")
   seconds = time.perf_counter() - start
   result = {
-      "config": dict(dataclasses.asdict(cfg), seeds=seeds, methods=methods,
-                     num_params=num_params(params), workers=args.workers,
-                     sweep=name),
+      # A sweep records the settings it forced (e.g. coupled masks) and the
+      # swept values; the other fields are shared by every run.
+      "config": dict(dataclasses.asdict(conditions[0]), seeds=seeds,
+                     methods=methods, num_params=num_params(params),
+                     workers=args.workers, sweep=name,
+                     sweep_values=[getattr(c, field) for c in conditions]
+                     if field else None),
       "warm_start_reward": warm_reward,
       "wall_seconds": seconds,
   }

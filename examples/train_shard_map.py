@@ -24,7 +24,7 @@ adamw)``. ``partition_specs`` tells the norm which leaves are split over which
 axes: sharded leaves are summed over ``fsdp``, replicated ones are counted
 once (summing them over the mesh too would over-count them by the number of
 devices). At start-up the script asserts, once, that the norm the clip used
-equals ``stabledrl_jax.global_norm`` of the gathered gradients (rtol 1e-6).
+equals a float64 NumPy norm of the gathered gradients (rtol 1e-6).
 
 Run::
 
@@ -48,7 +48,6 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 import _common
-import stabledrl_jax
 
 DATA, FSDP = "data", "fsdp"
 BATCH_SPEC = P((DATA, FSDP))  # the batch dimension is split over all devices
@@ -139,9 +138,10 @@ def put(tree: Any, mesh: jax.sharding.Mesh, specs: Any) -> Any:
 
 
 def gathered_norm(grads: Any) -> float:
-  """``global_norm`` of the gradients gathered whole on this host."""
-  return float(stabledrl_jax.global_norm(
-      multihost_utils.process_allgather(grads, tiled=True)))
+  """L2 norm (NumPy, float64) of the gradients gathered whole on this host."""
+  gathered = multihost_utils.process_allgather(grads, tiled=True)
+  return float(np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2)
+                           for g in jax.tree.leaves(gathered))))
 
 
 def parse_mesh(text: Optional[str], num_devices: int) -> tuple[int, int]:

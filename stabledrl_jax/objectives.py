@@ -172,8 +172,9 @@ def stabledrl_policy_loss(
     >>> grad = jax.grad(lambda s: stabledrl_policy_loss(
     ...     s, old, adv, segment_ids=jnp.array([0, 0, 1, 1]),
     ...     num_segments=2)[0])(seq_logp)
-    >>> grad.shape
-    (4,)
+    >>> # −w̄·A/G: w̄ = softmax(0, 0.5) in group 0, softmax(0, log 5) in group 1.
+    >>> [round(float(g), 4) for g in grad]
+    [-0.1888, 0.3112, -0.0417, 0.2083]
 
   References:
     Zhong et al., `Stabilizing Reinforcement Learning for Diffusion Language
@@ -475,9 +476,10 @@ def value_loss(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> v, old, ret = jnp.array([[3.0]]), jnp.array([[0.0]]), jnp.array([[0.0]])
-    >>> float(value_loss(v, old, ret, jnp.ones((1, 1))))
-    4.5
+    >>> v, old, ret = jnp.array([[3.0]]), jnp.array([[0.0]]), jnp.array([[4.0]])
+    >>> float(value_loss(v, old, ret, jnp.ones((1, 1))))  # ½ (3 − 4)²
+    0.5
+    >>> # Clipped to 1: ½ max((3 − 4)², (1 − 4)²).
     >>> float(value_loss(v, old, ret, jnp.ones((1, 1)), clip_range=1.0))
     4.5
   """

@@ -134,8 +134,9 @@ def test_shard_map_2d_with_partition_specs(clip, scale):
   assert int(out["step"]) == 11
   # A replicated leaf counted once: the norm is the gathered tree's norm, not
   # one where replicated leaves are multiplied by the mesh size.
-  np.testing.assert_allclose(float(state.global_norm),
-                             float(sdrl.global_norm(tree)), rtol=RTOL)
+  gathered = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2)
+                         for k, x in tree.items() if k != "step"))
+  np.testing.assert_allclose(float(state.global_norm), gathered, rtol=RTOL)
 
 
 def test_shard_map_2d_state_is_replicated_on_every_device():

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import os
 import pathlib
 
 import chex
@@ -25,8 +24,7 @@ def load_example():
 
 dllm = load_example()
 
-HAS_STABLEDRL = hasattr(stabledrl_jax, "stabledrl_policy_loss")
-METHODS = ("grpo", "stabledrl") if HAS_STABLEDRL else ("grpo",)
+METHODS = dllm.METHODS
 
 
 def fixed_logits_apply(params, tokens):
@@ -115,8 +113,7 @@ def test_draw_masks_rate_and_shapes():
 
 def test_unmask_schedule():
   assert dllm.unmask_schedule(5, 5) == (1, 2, 3, 4, 5)
-  assert dllm.unmask_schedule(5, 2) == (2, 5) or dllm.unmask_schedule(
-      5, 2) == (3, 5)
+  assert dllm.unmask_schedule(5, 2) == (2, 5)  # round(2.5) is 2 in Python
   assert dllm.unmask_schedule(4, 1) == (4,)
 
 
@@ -278,3 +275,14 @@ def test_quick_run_end_to_end(tmp_path):
                 "collapsed", "seed"):
       assert key in run
     assert run["max_grad_norm"] >= run["median_grad_norm"] > 0
+    # The summary fields are the 10%-window rule applied to the saved curve.
+    curve = np.asarray(run["reward_curve"])
+    window = max(1, round(0.1 * len(curve)))
+    final = curve[-window:].mean()
+    best = max(curve[i:i + window].mean()
+               for i in range(len(curve) - window + 1))
+    assert run["final_reward"] == pytest.approx(final)
+    assert run["collapsed"] == bool(final < 0.5 * best)
+    norms = np.asarray(run["grad_norm_curve"])
+    np.testing.assert_allclose(run["max_grad_norm"],
+                               np.max(norms[np.isfinite(norms)]), rtol=1e-6)

@@ -13,7 +13,6 @@ import sys
 import chex
 import jax
 import numpy as np
-import optax
 import pytest
 
 import stabledrl_jax as sdrl
@@ -56,7 +55,6 @@ def test_quickstart_trains_on_every_device_and_reports(capsys):
   assert summary["steps"] == 30
   assert summary["final_loss"] < 0.5 * summary["first_loss"]
   assert summary["num_nonfinite"] == 0
-  assert 0 <= summary["num_clipped"] <= 30
   assert np.isfinite(summary["last_pre_clip_norm"])
   logged = re.findall(
       r"step\s+(\d+)\s+loss ([\d.]+)\s+pre-clip norm ([\d.]+)\s+clip rate (\d+)%",
