@@ -10,6 +10,7 @@ Every batch is a pure function of ``(seed, step)``: runs are reproducible and
 every process of a multi-process run can build the same global batch.
 """
 
+import argparse
 import os
 from typing import Any, NamedTuple, Optional
 
@@ -143,3 +144,17 @@ def summary(name: str, history: list[StepMetrics], max_norm: float,
           f"grad_norm median={sorted(norms)[len(norms) // 2]:.3f} "
           f"max={max(norms):.3f} clip_rate={clip_rate:.2f} "
           f"(max_norm={max_norm:g}) time={seconds:.1f}s")
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+  """The flags every training example takes."""
+  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--max-norm", type=float, default=0.5)
+  parser.add_argument("--clip", choices=CLIP_CHOICES,
+                      default="unconditional")
+  parser.add_argument("--learning-rate", type=float, default=3e-3)
+  parser.add_argument("--batch-size", type=int, default=256,
+                      help="global batch; a multiple of the device count")
+  parser.add_argument("--hidden", type=int, default=64)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--no-progress", action="store_true")

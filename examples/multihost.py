@@ -51,7 +51,7 @@ import train_shard_map
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  train_shard_map.add_training_flags(parser)
+  _common.add_training_flags(parser)
   parser.add_argument("--num-processes", type=int, default=2,
                       help="local worker processes to launch")
   parser.add_argument("--devices-per-process", type=int, default=2,

@@ -79,16 +79,7 @@ def split_batch(x: jax.Array, num_devices: int) -> jax.Array:
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--max-norm", type=float, default=0.5)
-  parser.add_argument("--clip", choices=_common.CLIP_CHOICES,
-                      default="unconditional")
-  parser.add_argument("--learning-rate", type=float, default=3e-3)
-  parser.add_argument("--batch-size", type=int, default=256,
-                      help="global batch; a multiple of the device count")
-  parser.add_argument("--hidden", type=int, default=64)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--no-progress", action="store_true")
+  _common.add_training_flags(parser)
   args = parser.parse_args(argv)
   if args.steps < 1:
     parser.error(f"--steps must be ≥ 1, got {args.steps}")

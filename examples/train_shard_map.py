@@ -158,20 +158,6 @@ def parse_mesh(text: Optional[str], num_devices: int) -> tuple[int, int]:
   return data, fsdp
 
 
-def add_training_flags(parser: argparse.ArgumentParser) -> None:
-  """Flags shared with the multi-process example."""
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--max-norm", type=float, default=0.5)
-  parser.add_argument("--clip", choices=_common.CLIP_CHOICES,
-                      default="unconditional")
-  parser.add_argument("--learning-rate", type=float, default=3e-3)
-  parser.add_argument("--batch-size", type=int, default=256,
-                      help="global batch; a multiple of the device count")
-  parser.add_argument("--hidden", type=int, default=64)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--no-progress", action="store_true")
-
-
 def train(args: argparse.Namespace, mesh: jax.sharding.Mesh, *,
           show_progress: bool = True
           ) -> tuple[list[_common.StepMetrics], float]:
@@ -226,7 +212,7 @@ def train(args: argparse.Namespace, mesh: jax.sharding.Mesh, *,
 
 def main(argv: Optional[list[str]] = None) -> list[_common.StepMetrics]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  add_training_flags(parser)
+  _common.add_training_flags(parser)
   parser.add_argument("--mesh", default=None,
                       help="DATAxFSDP, e.g. 2x4 (default: 2 x devices/2)")
   args = parser.parse_args(argv)
