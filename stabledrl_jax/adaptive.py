@@ -59,7 +59,7 @@ def _check_unit_interval(name: str, value: Any, *, closed_right: bool) -> None:
 
 def _check_max_norm(max_norm: Any) -> None:
   if max_norm is not None:
-    validation.check_positive("max_norm", max_norm)
+    validation.check_positive("max_norm", max_norm, float32=True)
 
 
 def _ceiling(max_norm: Any) -> jax.Array:
@@ -181,7 +181,7 @@ def zscore_clip(
     <https://arxiv.org/abs/2504.02507>`_, 2025.
   """
   _check_unit_interval("alpha", alpha, closed_right=False)
-  validation.check_positive("z_thresh", z_thresh)
+  validation.check_positive("z_thresh", z_thresh, float32=True)
   validation.check_int("warmup_steps", warmup_steps, 0)
   _check_max_norm(max_norm)
   norms.check_layout(axis_name, partition_specs)
@@ -542,7 +542,7 @@ def skip_spikes(
   """
   _check_max_norm(max_norm)
   if z_thresh is not None:
-    validation.check_positive("z_thresh", z_thresh)
+    validation.check_positive("z_thresh", z_thresh, float32=True)
   validation.check_int("window", window, 1)
   validation.check_int("min_history", min_history, 1)
   if min_history > window:

@@ -77,7 +77,7 @@ def init_clip_state() -> ClipState:
 def check_clip_args(max_norm: Any, axis_name: Optional[AxisName],
                     partition_specs: Any, nonfinite: str) -> None:
   """Validates the arguments shared by the clipping transforms."""
-  validation.check_positive("max_norm", max_norm)
+  validation.check_positive("max_norm", max_norm, float32=True)
   validation.check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
   norms.check_layout(axis_name, partition_specs)
 
@@ -250,25 +250,35 @@ def conditional_clip(
   """
   check_clip_args(max_norm, axis_name, partition_specs, nonfinite)
 
-  init_fn = _init_fn(partition_specs)
-
   def update_fn(updates, state, params=None):
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
     scale = clip_scale(norm, max_norm)
+    # Only floating leaves go through the branch; the others (step counters,
+    # masks, Python scalars) are handed back exactly as they came.
+    leaves, treedef = jax.tree.flatten(updates)
+    counted = [i for i, leaf in enumerate(leaves) if norms.is_counted(leaf)]
     keep = lambda u: u
     rescale = lambda u: scale_updates(u, scale, None)
-    over = norm > jnp.asarray(max_norm, jnp.float32)
     if nonfinite == "zero":
+      over = norm > jnp.asarray(max_norm, jnp.float32)
       finite = jnp.isfinite(norm)
       zero = lambda u: scale_updates(u, jnp.zeros((), jnp.float32), False)
       branch = jnp.where(finite, over.astype(jnp.int32), 2)
-      updates = jax.lax.switch(branch, (keep, rescale, zero), updates)
+      branched = jax.lax.switch(
+          branch, (keep, rescale, zero), [leaves[i] for i in counted])
       applied = jnp.where(finite, jnp.where(over, scale, 1.0), 0.0)
     else:
-      updates = jax.lax.cond(over, rescale, keep, updates)
+      # A NaN norm takes the rescale branch, whose scale is NaN: NaN
+      # propagates to every floating leaf, as in optax and unconditional_clip.
+      over = ~(norm <= jnp.asarray(max_norm, jnp.float32))
+      branched = jax.lax.cond(
+          over, rescale, keep, [leaves[i] for i in counted])
       applied = jnp.where(over, scale, 1.0)
+    for i, leaf in zip(counted, branched):
+      leaves[i] = leaf
+    updates = jax.tree.unflatten(treedef, leaves)
     return updates, _next_state(state, norm, applied, max_norm)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(_init_fn(partition_specs), update_fn)

@@ -39,7 +39,10 @@ def is_counted(leaf: Any) -> bool:
 def _sum_of_squares(leaf: jax.Array) -> jax.Array:
   """``sum(|leaf|**2)`` accumulated in float32 (float64 leaves keep float64)."""
   leaf = jnp.asarray(leaf)
-  real_dtype = jnp.promote_types(jnp.finfo(leaf.dtype).dtype, jnp.float32)
+  # finfo of a complex dtype describes its real part. Every float narrower
+  # than 64 bits (fp8, fp16, bf16, fp32) is accumulated in float32.
+  wide = jnp.finfo(leaf.dtype).bits == 64
+  real_dtype = jnp.float64 if wide else jnp.float32
   if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
     re = jnp.real(leaf).astype(real_dtype)
     im = jnp.imag(leaf).astype(real_dtype)
@@ -58,24 +61,58 @@ def _spec_axes(spec: PartitionSpec) -> tuple[Hashable, ...]:
   return tuple(sorted(axes, key=str))
 
 
+def _child(node: Any, key: Any) -> Any:
+  """The child of ``node`` that a key-path entry names."""
+  if isinstance(key, jax.tree_util.DictKey):
+    return node[key.key]
+  if isinstance(key, jax.tree_util.SequenceKey):
+    return node[key.idx]
+  if isinstance(key, jax.tree_util.GetAttrKey):
+    return getattr(node, key.name)
+  # A custom node without named children: flatten it by one level.
+  children = jax.tree_util.tree_flatten(
+      node, is_leaf=lambda x: x is not node)[0]
+  return children[key.key]
+
+
+def _node_type(tree: Any, path: tuple[Any, ...]) -> type:
+  for key in path:
+    tree = _child(tree, key)
+  return type(tree)
+
+
 def _first_difference(tree: Any, specs: Any) -> str:
   """Names the first key path where ``tree`` and ``specs`` differ."""
   is_spec = lambda x: isinstance(x, PartitionSpec)
+  keystr = jax.tree_util.keystr
   tree_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
   spec_paths = [
       p for p, _ in jax.tree_util.tree_flatten_with_path(
           specs, is_leaf=is_spec)[0]
   ]
-  for tree_path, spec_path in zip(tree_paths, spec_paths):
-    if tree_path != spec_path:
-      return (f"updates have {jax.tree_util.keystr(tree_path)!r} where "
-              f"partition_specs have {jax.tree_util.keystr(spec_path)!r}")
-  if len(tree_paths) != len(spec_paths):
-    longer, name = ((tree_paths, "updates") if len(tree_paths) > len(spec_paths)
-                    else (spec_paths, "partition_specs"))
-    extra = jax.tree_util.keystr(longer[min(len(tree_paths), len(spec_paths))])
-    return f"only {name} have {extra!r}"
-  return "the container types differ at the same paths"
+  tree_set, spec_set = set(tree_paths), set(spec_paths)
+  only_tree = [p for p in tree_paths if p not in spec_set]
+  only_specs = [p for p in spec_paths if p not in tree_set]
+  if only_tree or only_specs:
+    parts = []
+    if only_tree:
+      parts.append(f"updates have {keystr(only_tree[0])!r}")
+    if only_specs:
+      parts.append(f"partition_specs have {keystr(only_specs[0])!r}")
+    return " and ".join(parts) + " that the other tree lacks"
+  # Same leaf paths: some container differs in type (e.g. tuple vs list).
+  for path in tree_paths:
+    for depth in range(len(path)):  # the containers above the leaf
+      prefix = path[:depth]
+      try:
+        kinds = (_node_type(tree, prefix), _node_type(specs, prefix))
+      except (KeyError, IndexError, AttributeError, TypeError):
+        continue
+      if kinds[0] is not kinds[1]:
+        where = repr(keystr(prefix)) if prefix else "the root"
+        return (f"at {where} updates have a {kinds[0].__name__} where "
+                f"partition_specs have a {kinds[1].__name__}")
+  return "their containers differ"
 
 
 def leaf_partition_specs(tree: Any, partition_specs: Any) -> list[PartitionSpec]:
@@ -143,6 +180,17 @@ def global_norm_squared(
 
   Same arguments and semantics as :func:`global_norm`; returns the square so
   that callers needing ``||g||²`` do not take a square root and square again.
+
+  Args:
+    tree: a pytree of arrays (inside ``pmap``/``shard_map``, the local blocks).
+    axis_name: see :func:`global_norm`.
+    partition_specs: see :func:`global_norm`.
+
+  Returns:
+    A float32 scalar, ``Σ |x|²`` over every floating leaf and device.
+
+  Raises:
+    ValueError: as :func:`global_norm`.
 
   Examples:
     >>> import jax.numpy as jnp

@@ -33,11 +33,25 @@ def concrete_scalar(name: str, value: Any) -> Optional[float]:
   return float(array)
 
 
-def check_positive(name: str, value: Any) -> None:
-  """Raises unless a concrete ``value`` is finite and > 0."""
+def check_positive(name: str, value: Any, *, float32: bool = False) -> None:
+  """Raises unless a concrete ``value`` is finite and > 0.
+
+  With ``float32=True`` the value must stay finite and > 0 once rounded to
+  float32, the precision the clipping transforms compute in (``1e-46``
+  rounds to 0 and ``1e39`` to inf).
+  """
   number = concrete_scalar(name, value)
-  if number is not None and not (math.isfinite(number) and number > 0):
+  if number is None:
+    return
+  if not (math.isfinite(number) and number > 0):
     raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
+  if float32:
+    with np.errstate(over="ignore", under="ignore"):
+      rounded = float(np.float32(number))
+    if not (math.isfinite(rounded) and rounded > 0):
+      raise ValueError(
+          f"{name} must be finite and > 0 in float32, got {value!r} "
+          f"(float32: {rounded!r}).")
 
 
 def check_choice(name: str, value: Any, choices: Collection[str]) -> None:

@@ -90,9 +90,18 @@ def test_thousand_bf16_leaves_keep_their_mass():
 
 
 def test_global_norm_without_axes_adds_no_collective():
+  # Inside shard_map over a named axis, where a stray psum would lower to an
+  # all-reduce; with no axis_name the norm stays local.
+  mesh = jax.make_mesh((1,), ("x",), devices=jax.devices()[:1])
   tree = make_tree()
-  hlo = jax.jit(sdrl.global_norm).lower(tree).as_text()
-  assert "all-reduce" not in hlo and "all_reduce" not in hlo
+  specs = jax.tree.map(lambda _: P(), tree)
+  local = jax.shard_map(sdrl.global_norm, mesh=mesh, in_specs=(specs,),
+                        out_specs=P(), check_vma=False)
+  with_axis = jax.shard_map(lambda t: sdrl.global_norm(t, axis_name="x"),
+                            mesh=mesh, in_specs=(specs,), out_specs=P())
+  assert "all_reduce" not in jax.jit(local).lower(tree).as_text()
+  # The check can fail: the same lowering with an axis does show one.
+  assert "all_reduce" in jax.jit(with_axis).lower(tree).as_text()
 
 
 def test_axis_name_and_partition_specs_are_exclusive():
@@ -113,6 +122,26 @@ def test_partition_specs_structure_mismatch_names_the_path():
   with pytest.raises(ValueError, match="PartitionSpec"):
     sdrl.global_norm(tree, partition_specs={"dense": {"w": P(), "b": "x"},
                                             "emb": [P()]})
+  # Same leaf paths, another container: the message names where.
+  with pytest.raises(ValueError, match=r"\['emb'\].*list.*tuple"):
+    sdrl.global_norm(tree, partition_specs={"dense": {"w": P(), "b": P()},
+                                            "emb": (P(),)})
+  # A path present in both trees is never named as the difference.
+  with pytest.raises(ValueError) as error:
+    sdrl.global_norm({"a": {"x": jnp.ones(1), "y": jnp.ones(1)}},
+                     partition_specs={"a": {"x": P(), "w": P()}})
+  assert "['x']" not in str(error.value)
+  assert "['a']['y']" in str(error.value) and "['a']['w']" in str(error.value)
+
+
+def test_fp8_leaves_count_in_float32():
+  tree = [jnp.full((16,), 3.0, jnp.float8_e4m3fn)]
+  np.testing.assert_allclose(float(sdrl.global_norm(tree)), 12.0, rtol=1e-7)
+  for clip in CLIPS:
+    tx = clip(6.0)
+    out, _ = tx.update(tree, tx.init(tree))
+    assert out[0].dtype == jnp.float8_e4m3fn
+    np.testing.assert_allclose(np.asarray(out[0], np.float32), 1.5, rtol=1e-7)
 
 
 # ------------------------------------------------------------ clip arithmetic
@@ -153,10 +182,11 @@ finite_arrays = hnp.arrays(
 
 @hypothesis.settings(max_examples=40, deadline=None)
 @hypothesis.given(leaves=st.lists(finite_arrays, min_size=1, max_size=4),
-                  max_norm=st.floats(1e-3, 1e3))
-def test_clip_properties(leaves, max_norm):
+                  max_norm=st.floats(1e-3, 1e3),
+                  clip=st.sampled_from(CLIPS))
+def test_clip_properties(leaves, max_norm, clip):
   tree = [jnp.asarray(x) for x in leaves]
-  tx = sdrl.unconditional_clip(max_norm)
+  tx = clip(max_norm)
   updates, state = tx.update(tree, tx.init(tree))
   norm = np_norm(tree)
   out_norm = np_norm(updates)
@@ -204,11 +234,15 @@ def test_non_floating_leaves_pass_through_and_empty_tree_works(clip):
   tx = clip(5.0)
   updates, _ = jax.jit(tx.update)(tree, tx.init(tree))
   assert updates["step"] is not None and int(updates["step"]) == 3
+  assert updates["step"].dtype == jnp.int32
   np.testing.assert_array_equal(updates["mask"], tree["mask"])
   assert updates["skip"] is None
   np.testing.assert_allclose(updates["w"], [3.0, 4.0], rtol=1e-6)
   empty, state = tx.update({}, tx.init({}))
   assert empty == {} and float(state.global_norm) == 0.0
+  # Eagerly, non-floating leaves come back as the very same objects.
+  eager, _ = tx.update(tree, tx.init(tree))
+  assert eager["step"] is tree["step"] and eager["mask"] is tree["mask"]
 
 
 # ------------------------------------------------------------ non-finite steps
@@ -234,16 +268,22 @@ def test_nonfinite_step_is_zeroed_and_counted(clip, bad):
 
 
 @pytest.mark.parametrize("clip", CLIPS)
-def test_propagate_lets_nan_through_like_optax(clip):
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_propagate_lets_nonfinite_through_like_optax(clip, bad):
   tx = clip(1.0, nonfinite="propagate")
-  tree = {"w": jnp.array([np.nan, 4.0])}
-  out, state = tx.update(tree, tx.init(tree))
-  assert np.isnan(np.asarray(out["w"])).any()
+  tree = {"a": jnp.array([bad, 1.0]), "b": jnp.array([3.0, 4.0])}
+  out, state = jax.jit(tx.update)(tree, tx.init(tree))
+  reference, _ = optax.clip_by_global_norm(1.0).update(tree, ())
+  # Same non-finite pattern as optax, leaf for leaf and element for element.
+  for leaf, ref in zip(jax.tree.leaves(out), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(np.isfinite(leaf), np.isfinite(ref))
+    np.testing.assert_array_equal(np.isnan(leaf), np.isnan(ref))
   assert int(state.num_nonfinite) == 1
 
 
-def test_counters_over_several_steps():
-  tx = sdrl.unconditional_clip(1.0)
+@pytest.mark.parametrize("clip", CLIPS)
+def test_counters_over_several_steps(clip):
+  tx = clip(1.0)
   update = jax.jit(tx.update)
   norms = [0.5, 2.0, np.nan, 3.0, 0.9, np.inf, 1.5]
   state = tx.init({"w": jnp.zeros(1)})
@@ -278,6 +318,15 @@ def test_state_round_trips_through_numpy():
                                       np.inf, jnp.float32(0.0)])
 def test_bad_max_norm_raises_naming_it(clip, max_norm):
   with pytest.raises(ValueError, match=r"max_norm.*" + re.escape(repr(max_norm))):
+    clip(max_norm)
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("max_norm", [1e-46, 1e39])
+def test_max_norm_that_float32_cannot_hold_raises(clip, max_norm):
+  # 1e-46 is 0 in float32 (zero gradients would give 0/0), 1e39 is inf.
+  with pytest.raises(ValueError, match=r"max_norm.*float32.*" + re.escape(
+      repr(max_norm))):
     clip(max_norm)
 
 
@@ -338,8 +387,10 @@ def test_branch_free_program_text_has_no_branch_word():
   assert "conditional" not in hlo
 
 
-def test_no_retracing_across_steps():
-  tx = optax.chain(sdrl.unconditional_clip(1.0), optax.adam(1e-2))
+@pytest.mark.parametrize("clip", CLIPS)
+def test_no_retracing_across_steps(clip):
+  chex.clear_trace_counter()  # the counter is keyed by code, shared by params
+  tx = optax.chain(clip(1.0), optax.adam(1e-2))
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -351,14 +402,18 @@ def test_no_retracing_across_steps():
   opt_state = tx.init(params)
   for seed in range(4):
     params, opt_state = step(params, opt_state, make_tree(seed, 10.0))
+  # A non-finite step does not retrace either.
+  params, opt_state = step(params, opt_state, make_tree(0, np.nan))
   assert int(opt_state[0].num_clipped) == 4
+  assert int(opt_state[0].num_nonfinite) == 1
 
 
 # ------------------------------------------------------------------- drop-in
 
 
-def test_inject_hyperparams_changes_take_effect():
-  tx = optax.inject_hyperparams(sdrl.unconditional_clip)(max_norm=1.0)
+@pytest.mark.parametrize("clip", CLIPS)
+def test_inject_hyperparams_changes_take_effect(clip):
+  tx = optax.inject_hyperparams(clip)(max_norm=1.0)
   grads = {"w": jnp.array([3.0, 4.0])}
   update = jax.jit(tx.update)
   state = tx.init(grads)
@@ -368,7 +423,7 @@ def test_inject_hyperparams_changes_take_effect():
   out, state = update(grads, state)
   np.testing.assert_allclose(out["w"], [1.5, 2.0], rtol=1e-6)
   with pytest.raises(ValueError, match="max_norm"):
-    optax.inject_hyperparams(sdrl.unconditional_clip)(max_norm=-1.0).init(grads)
+    optax.inject_hyperparams(clip)(max_norm=-1.0).init(grads)
 
 
 def test_schedule_through_inject_hyperparams():
@@ -384,8 +439,9 @@ def test_schedule_through_inject_hyperparams():
   np.testing.assert_allclose(seen, [1.0, 2.0, 3.0, 4.0, 5.0], rtol=1e-6)
 
 
-def test_multi_steps_accumulates_then_clips():
-  tx = optax.MultiSteps(optax.chain(sdrl.unconditional_clip(1.0),
+@pytest.mark.parametrize("clip", CLIPS)
+def test_multi_steps_accumulates_then_clips(clip):
+  tx = optax.MultiSteps(optax.chain(clip(1.0),
                                     optax.sgd(1.0)), every_k_schedule=2)
   params = {"w": jnp.zeros(2)}
   state = tx.init(params)
@@ -398,7 +454,8 @@ def test_multi_steps_accumulates_then_clips():
   np.testing.assert_allclose(out["w"], [-0.6, -0.8], rtol=1e-6)
 
 
-def test_flax_nnx_optimizer():
+@pytest.mark.parametrize("clip", CLIPS)
+def test_flax_nnx_optimizer(clip):
   class Linear(nnx.Module):
 
     def __init__(self, rngs):
@@ -410,7 +467,7 @@ def test_flax_nnx_optimizer():
 
   model = Linear(nnx.Rngs(0))
   optimizer = nnx.Optimizer(
-      model, optax.chain(sdrl.unconditional_clip(0.1), optax.sgd(1.0)),
+      model, optax.chain(clip(0.1), optax.sgd(1.0)),
       wrt=nnx.Param)
   x = jnp.ones((4, 3)) * 10.0
   y = jnp.zeros((4, 1)) + 100.0

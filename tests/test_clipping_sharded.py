@@ -100,6 +100,30 @@ def test_shard_map_1d_with_axis_name(clip):
   assert int(state.num_clipped) == 2
 
 
+@pytest.mark.parametrize("clip", CLIPS)
+def test_shard_map_2d_with_tuple_axis_name(clip):
+  # Every leaf split over both axes of a 2-D mesh: axis_name=("data", "model").
+  mesh = jax.make_mesh((2, 4), ("data", "model"))
+  tree = random_tree({"w": (16, 3), "b": (8,), "e": (24, 2)}, seed=4,
+                     scale=2.0)
+  specs = jax.tree.map(lambda _: P(("data", "model")), tree)
+  tx = clip(1.5, axis_name=("data", "model"))
+  state0 = tx.init(tree)
+  state_specs = jax.tree.map(lambda _: P(), state0)
+  step = jax.jit(jax.shard_map(tx.update, mesh=mesh,
+                               in_specs=(specs, state_specs),
+                               out_specs=(specs, state_specs)))
+  out, state = step(put(tree, mesh, specs), state0)
+  ref_out, ref_state = single_device(clip, tree, 1.5)
+  chex.assert_trees_all_close(out, ref_out, rtol=RTOL)
+  assert_state_close(state, ref_state)
+  norm = jax.jit(jax.shard_map(
+      lambda t: sdrl.global_norm(t, axis_name=("data", "model")), mesh=mesh,
+      in_specs=(specs,), out_specs=P()))(put(tree, mesh, specs))
+  np.testing.assert_allclose(float(norm), float(ref_state.global_norm),
+                             rtol=RTOL)
+
+
 MIXED_SPECS = {
     "data_rows": P("data"),                 # one axis, leading dim
     "model_cols": P(None, "model"),         # one axis, non-leading dim

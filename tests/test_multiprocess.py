@@ -10,6 +10,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -41,22 +42,28 @@ def worker_results(tmp_path_factory):
   env["PYTHONPATH"] = os.pathsep.join(
       [str(HERE.parent), env.get("PYTHONPATH", "")])
   logs = [out.with_name(f"worker{i}.log") for i in range(NUM_PROCESSES)]
-  procs = []
+  procs, codes = [], None
   try:
-    for i in range(NUM_PROCESSES):
-      procs.append(subprocess.Popen(
-          [sys.executable, str(HERE / "multiprocess_clip_worker.py"), str(i),
-           str(NUM_PROCESSES), str(port), str(out)],
-          env=env, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT))
-    codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+    for i, log in enumerate(logs):
+      with open(log, "w") as log_file:  # the child keeps its own handle
+        procs.append(subprocess.Popen(
+            [sys.executable, str(HERE / "multiprocess_clip_worker.py"), str(i),
+             str(NUM_PROCESSES), str(port), str(out)],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT_S  # one deadline for all workers
+    codes = [p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+             for p in procs]
+  except subprocess.TimeoutExpired:
+    pass
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
-  if any(codes):
-    pytest.fail("worker failed:\n" + "\n".join(
-        log.read_text()[-3000:] for log in logs))
+  if codes is None or any(codes):
+    reason = "timed out" if codes is None else f"exit codes {codes}"
+    pytest.fail(f"workers {reason}:\n" + "\n".join(
+        log.read_text()[-3000:] for log in logs if log.exists()))
   return dict(np.load(out))
 
 
