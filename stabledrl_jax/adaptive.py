@@ -323,17 +323,19 @@ def quantile_clip(
   pre-clip norms, with linear interpolation (``numpy.quantile``'s default),
   computed *before* this step's norm is recorded; the update is scaled by
   ``min(1, threshold / g)``. Until ``min_history`` norms are recorded the
-  step passes unchanged (or is clipped at ``max_norm`` when given). The history is a ``[history]`` ring buffer in the
-  state (no host-side list), so the transform jits, checkpoints and runs
-  under ``shard_map``; each step sorts it once (O(history log history)).
+  step passes unchanged (or is clipped at ``max_norm`` when given). The
+  history is a ``[history]`` ring buffer in the state (no host-side list), so
+  the transform jits, checkpoints and runs under ``shard_map``; each step
+  sorts it once (O(history log history)).
 
   A non-finite norm gives all-zero updates and is not recorded.
 
   Args:
     quantile: which quantile of the history is the threshold, in (0, 1].
-    history: how many recent norms are kept; ≥ 1.
+    history: how many recent norms are kept; ≥ 1. A static int: with
+      ``optax.inject_hyperparams`` pass it in ``static_args``.
     min_history: norms needed before clipping starts; 1 ≤ min_history ≤
-      history.
+      history; static, like ``history``.
     max_norm: optional hard ceiling: the threshold is
       ``min(quantile threshold, max_norm)`` at every step.
     axis_name: mapped axis name(s) every leaf is split over; see
@@ -347,8 +349,8 @@ def quantile_clip(
 
   Raises:
     ValueError: ``quantile`` outside (0, 1]; ``history`` or ``min_history``
-      below 1 or not integers; ``min_history > history``; both ``axis_name``
-      and ``partition_specs`` given.
+      below 1 or not integers; ``min_history > history``; ``max_norm`` ≤ 0,
+      NaN or inf; both ``axis_name`` and ``partition_specs`` given.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -369,7 +371,8 @@ def quantile_clip(
   validation.check_int("min_history", min_history, 1)
   if min_history > history:
     raise ValueError(
-        f"min_history must be <= history ({history!r}), got {min_history!r}.")
+        f"min_history must be <= history ({history!r}), got "
+        f"min_history={min_history!r} (its default is 10).")
   _check_max_norm(max_norm)
   norms.check_layout(axis_name, partition_specs)
   size = int(history)
@@ -509,6 +512,8 @@ def skip_spikes(
     min_history: accepted norms needed before the z-score test is active;
       1 ≤ min_history ≤ window.
     max_consecutive: largest number of finite spikes skipped in a row; ≥ 1.
+      ``window``, ``min_history`` and ``max_consecutive`` are static ints:
+      with ``optax.inject_hyperparams`` pass them in ``static_args``.
     axis_name: mapped axis name(s) every leaf is split over; see
       :func:`stabledrl_jax.global_norm`.
     partition_specs: pytree of ``PartitionSpec`` matching the updates; see
@@ -547,7 +552,8 @@ def skip_spikes(
   validation.check_int("min_history", min_history, 1)
   if min_history > window:
     raise ValueError(
-        f"min_history must be <= window ({window!r}), got {min_history!r}.")
+        f"min_history must be <= window ({window!r}), got "
+        f"min_history={min_history!r} (its default is 64).")
   validation.check_int("max_consecutive", max_consecutive, 1)
   norms.check_layout(axis_name, partition_specs)
   inner = optax.with_extra_args_support(inner)

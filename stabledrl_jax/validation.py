@@ -78,6 +78,10 @@ def check_ndim(name: str, value: Any, ndim: int) -> None:
 
 def check_int(name: str, value: Any, minimum: int = 1) -> None:
   """Raises unless ``value`` is a static (Python/NumPy) integer ≥ ``minimum``."""
+  if isinstance(value, jax.Array):
+    raise ValueError(
+        f"{name} must be a static integer, got the array {value!r}. With "
+        f"optax.inject_hyperparams, pass {name!r} in static_args.")
   if (isinstance(value, (bool, np.bool_))
       or not isinstance(value, (int, np.integer)) or value < minimum):
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")

@@ -44,7 +44,7 @@ def spiky_trace(n=100, seed=0):
   level = 2.0 * np.exp(-np.arange(n) / 60.0) + 1.0
   trace = level * np.exp(0.08 * rng.normal(size=n))
   trace[[30, 31, 47, 64, 65, 66, 80]] *= [8.0, 5.0, 20.0, 6.0, 6.0, 6.0, 3.0]
-  trace[12] = np.nan   # during every warm-up below
+  trace[12] = np.nan   # during the warm-up of the longer warm-up settings
   trace[52] = np.inf
   trace[71] = np.nan
   return trace
