@@ -66,7 +66,8 @@ def self_normalized_weights(
     segment_ids: optional ``[B]`` int ids in ``[0, num_segments)``; ids are
       global, so under ``axis_name`` a segment may span devices.
     num_segments: static number of segments in the (global) batch; required
-      with ``segment_ids``.
+      with ``segment_ids`` (ids must lie in ``[0, num_segments)``); None or 1
+      without.
     mask: optional ``[B]``; entries where it is 0 get weight 0 and do not enter
       any normalizer.
     axis_name: mapped axis name(s) the batch is split over; the segment max is
@@ -79,8 +80,9 @@ def self_normalized_weights(
   Raises:
     ValueError: ``log_ratio`` is not 1-D; ``max_ratio`` is not finite and
       > 0; ``segment_ids``/``mask`` shapes differ from ``log_ratio``;
-      ``num_segments`` missing, not a positive int, or given without
-      ``segment_ids``.
+      ``num_segments`` missing, not a positive int, or other than 1 without
+      ``segment_ids``; concrete ``segment_ids`` outside
+      ``[0, num_segments)``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -537,12 +539,16 @@ def entropy_bonus(
   logits = jnp.asarray(logits)
   check_ndim("logits", logits, 3)
   check_same_shape("mask", mask, "logits[..., 0]", logits[..., 0])
-  log_p = jax.nn.log_softmax(logits.astype(float_dtype(logits)), axis=-1)
+  valid = jnp.asarray(mask) != 0
+  # Padding positions get zero logits, so a NaN there reaches neither the
+  # value nor the gradient.
+  logits = jnp.where(valid[..., None], logits.astype(float_dtype(logits)), 0)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
   p = jnp.exp(log_p)
   # Zero the -inf log-probs before the product so that 0 · (-inf) can reach
   # neither the value nor the gradient.
   entropy = -jnp.sum(p * jnp.where(p > 0, log_p, 0), axis=-1)
-  return aggregate_loss(entropy, mask, loss_agg=loss_agg, axis_name=axis_name)
+  return aggregate_loss(entropy, valid, loss_agg=loss_agg, axis_name=axis_name)
 
 
 def kl_penalty(

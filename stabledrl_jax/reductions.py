@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stabledrl_jax.distributed import AxisName
 from stabledrl_jax.distributed import all_max
@@ -64,10 +65,10 @@ def resolve_segments(values: jax.Array, segment_ids: Any,
                      num_segments: Any) -> tuple[jax.Array, int]:
   """Checks segment arguments; no ``segment_ids`` means one segment."""
   if segment_ids is None:
-    if num_segments is not None:
+    if num_segments is not None and num_segments != 1:
       raise ValueError(
-          "num_segments is only meaningful with segment_ids, got "
-          f"num_segments={num_segments!r} and segment_ids=None.")
+          "Without segment_ids the batch is one segment: num_segments must "
+          f"be None or 1, got num_segments={num_segments!r}.")
     return jnp.zeros(jnp.shape(values), jnp.int32), 1
   if num_segments is None:
     raise ValueError(
@@ -75,4 +76,12 @@ def resolve_segments(values: jax.Array, segment_ids: Any,
         "the number of segments in the global batch), got None.")
   check_int("num_segments", num_segments)
   check_same_shape("segment_ids", segment_ids, "the values", values)
+  if not isinstance(segment_ids, jax.core.Tracer):
+    # Concrete ids are checked (under jit they cannot be): an id outside
+    # [0, num_segments) would silently drop its entry from every sum.
+    ids = np.asarray(segment_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= num_segments):
+      raise ValueError(
+          f"segment_ids must lie in [0, num_segments={num_segments}), got "
+          f"values from {ids.min()} to {ids.max()}.")
   return jnp.asarray(segment_ids).astype(jnp.int32), int(num_segments)

@@ -52,6 +52,21 @@ def test_update_vector_features_and_mask():
   np.testing.assert_allclose(stats.var, var, rtol=1e-4)
 
 
+def test_fractional_mask_weights_match_weighted_numpy():
+  rng = np.random.default_rng(2)
+  x = rng.normal(1.0, 2.0, size=(12,)).astype(np.float32)
+  w = rng.uniform(0.0, 1.0, size=(12,)).astype(np.float32)
+  stats = normalization.update_running_stats(
+      normalization.init_running_stats(), x[:5], mask=w[:5])
+  stats = normalization.update_running_stats(stats, x[5:], mask=w[5:])
+  mean = np.average(x.astype(np.float64), weights=w)
+  var = np.average((x - mean) ** 2, weights=w)
+  np.testing.assert_allclose(stats.count, w.astype(np.float64).sum(),
+                             rtol=1e-6)
+  np.testing.assert_allclose(stats.mean, mean, rtol=1e-5)
+  np.testing.assert_allclose(stats.var, var, rtol=1e-4)
+
+
 def test_update_drops_nonfinite_and_empty_batch_is_noop():
   stats = normalization.update_running_stats(
       normalization.init_running_stats(), jnp.array([1.0, jnp.nan, 4.0,

@@ -148,6 +148,13 @@ def test_weights_bad_arguments():
     objectives.self_normalized_weights(jnp.zeros(3), segment_ids=jnp.zeros(3))
   with pytest.raises(ValueError, match="num_segments=2"):
     objectives.self_normalized_weights(jnp.zeros(3), num_segments=2)
+  # One segment may be said explicitly.
+  np.testing.assert_allclose(
+      objectives.self_normalized_weights(jnp.zeros(4), num_segments=1), 0.25)
+  for ids in ([0, 0, 2], [0, -1, 1]):
+    with pytest.raises(ValueError, match=r"segment_ids.*\[0, num_segments=2\)"):
+      objectives.self_normalized_weights(
+          jnp.zeros(3), segment_ids=jnp.array(ids), num_segments=2)
   for bad in (0, -3, 2.0, True):
     with pytest.raises(ValueError, match="num_segments must be"):
       objectives.self_normalized_weights(
@@ -201,14 +208,19 @@ def _per_sample_grad_setup(seed, log_ratio_scale):
 
 
 @pytest.mark.parametrize("seed,scale", [(0, 1.0), (1, 10.0), (2, 1e4)])
-def test_stabledrl_gradient_norm_bounded_by_largest_per_sample(seed, scale):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_stabledrl_gradient_norm_bounded_by_largest_per_sample(
+    seed, scale, grouped):
   x, theta, adv, old, seq_logp = _per_sample_grad_setup(seed, scale)
+  # Two groups of 4 (each a convex combination, averaged over G = 2), or one.
+  ids, groups = (np.repeat([0, 1], 4), 2) if grouped else (None, None)
   grad = jax.grad(lambda t: objectives.stabledrl_policy_loss(
-      seq_logp(t), old, adv)[0])(jnp.asarray(theta))
+      seq_logp(t), old, adv, segment_ids=ids, num_segments=groups)[0])(
+          jnp.asarray(theta))
   per_sample = x - theta
-  w = np_weights(np.asarray(seq_logp(theta)) - old)
+  w = np_weights(np.asarray(seq_logp(theta)) - old, segment_ids=ids)
   np.testing.assert_allclose(
-      grad, -(w * adv) @ per_sample, rtol=1e-4, atol=1e-5)
+      grad, -(w * adv) @ per_sample / (groups or 1), rtol=1e-4, atol=1e-5)
   bound = np.max(np.abs(adv) * np.linalg.norm(per_sample, axis=1))
   assert np.linalg.norm(grad) <= bound * (1 + 1e-5)
 
@@ -500,7 +512,7 @@ def np_value_loss(v, old, ret, mask, clip=None, mode="token-mean"):
 
 
 @pytest.mark.parametrize("clip", [None, 0.2, 5.0])
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
 def test_value_loss_matches_numpy(clip, mode):
   v = RNG.normal(size=(4, 5)).astype(np.float32)
   old = (v + RNG.normal(scale=0.5, size=(4, 5))).astype(np.float32)
@@ -509,6 +521,27 @@ def test_value_loss_matches_numpy(clip, mode):
                               loss_agg=mode)
   np.testing.assert_allclose(out, np_value_loss(v, old, ret, TOK_MASK, clip,
                                                 mode), rtol=1e-5)
+
+
+def test_value_loss_gradient_matches_numpy():
+  # token-mean over N real tokens: d/dv ½(v − R)² / N = (v − R) / N, and with
+  # the clip the branch with the larger error decides; a clipped value whose
+  # branch wins passes no gradient to v.
+  v = np.array([[3.0, 0.5, 1.0], [2.0, 9.0, 0.0]], np.float32)
+  old = np.array([[0.0, 0.4, 1.0], [1.5, 7.0, 0.0]], np.float32)
+  ret = np.array([[4.0, 0.0, 1.5], [-1.0, 8.2, 0.0]], np.float32)
+  mask = np.array([[1, 1, 1], [1, 1, 0]])
+  n = mask.sum()
+  grad = jax.grad(lambda x: objectives.value_loss(x, old, ret, mask))(v)
+  np.testing.assert_allclose(grad, mask * (v - ret) / n, rtol=1e-6)
+  grad = jax.grad(lambda x: objectives.value_loss(
+      x, old, ret, mask, clip_range=1.0))(v)
+  v_clipped = np.clip(v, old - 1.0, old + 1.0)
+  unclipped_wins = (v - ret) ** 2 >= (v_clipped - ret) ** 2
+  inside = np.abs(v - old) < 1.0
+  expected = np.where(unclipped_wins, v - ret,
+                      np.where(inside, v_clipped - ret, 0.0)) * mask / n
+  np.testing.assert_allclose(grad, expected, rtol=1e-6)
 
 
 def test_value_loss_bad_arguments():
@@ -541,6 +574,28 @@ def test_entropy_matches_numpy(mode):
           jnp.asarray(logits)))
 
 
+def test_entropy_gradient_matches_numpy():
+  # dH/dz_i = −p_i (log p_i + H) per token, averaged over real tokens.
+  logits = RNG.normal(size=(4, 5, 7)).astype(np.float32)
+  grad = jax.grad(lambda x: objectives.entropy_bonus(x, TOK_MASK))(
+      jnp.asarray(logits))
+  z = logits.astype(np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  h = -np.sum(p * np.log(p), -1, keepdims=True)
+  expected = -p * (np.log(p) + h) * TOK_MASK[..., None] / TOK_MASK.sum()
+  np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_entropy_padding_nan_does_not_leak():
+  logits = RNG.normal(size=(4, 5, 7)).astype(np.float32)
+  logits[TOK_MASK == 0] = np.nan
+  value, grad = jax.value_and_grad(
+      lambda x: objectives.entropy_bonus(x, TOK_MASK))(jnp.asarray(logits))
+  chex.assert_tree_all_finite((value, grad))
+  np.testing.assert_array_equal(np.asarray(grad)[TOK_MASK == 0], 0.0)
+
+
 def test_entropy_bad_arguments():
   with pytest.raises(ValueError, match=r"logits.*\(2, 3\)"):
     objectives.entropy_bonus(np.zeros((2, 3)), np.ones((2,)))
@@ -556,6 +611,20 @@ def test_kl_penalty_matches_numpy(kind):
   expected = {"k1": d, "k2": 0.5 * d * d, "k3": np.exp(-d) + d - 1}[kind]
   out = objectives.kl_penalty(logp, ref, kind=kind)
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", objectives.KL_KINDS)
+def test_kl_penalty_gradient_matches_numpy(kind):
+  # d/dlogp of k1 = 1, k2 = δ, k3 = 1 − e^{−δ}; 0 where |δ| > clamp.
+  logp = np.array([-1.0, -0.5, -3.0, 0.0, -50.0, 12.0], np.float32)
+  ref = np.array([-1.0, -1.5, -0.5, -20.0, 0.0, 0.0], np.float32)
+  d = logp.astype(np.float64) - ref
+  inside = np.abs(d) < 10.0
+  expected = {"k1": np.ones_like(d), "k2": d, "k3": 1 - np.exp(-d)}[kind]
+  grad = jax.grad(lambda x: jnp.sum(objectives.kl_penalty(x, ref, kind=kind)))(
+      jnp.asarray(logp))
+  np.testing.assert_allclose(grad, np.where(inside, expected, 0.0), rtol=1e-5,
+                             atol=1e-7)
 
 
 def test_kl_k3_never_overflows_and_is_nonnegative():
