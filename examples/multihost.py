@@ -111,7 +111,7 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
         raise SystemExit(f"worker {failed[0][0]} exited with code "
                          f"{failed[0][1]}; stopping the others")
       if all(c == 0 for c in codes):
-        _echo(outputs[0])
+        _echo(outputs[0], summary_only=True)
         return
       if time.monotonic() > deadline:
         raise SystemExit(f"workers did not finish in {args.timeout:g} s")
@@ -125,11 +125,22 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
       f.close()
 
 
-def _echo(output) -> None:
-  """Prints a worker's captured stdout, minus gloo's connection messages."""
+SUMMARY_PREFIX = "multihost["
+
+
+def _echo(output, summary_only: bool = False) -> None:
+  """Prints a worker's captured stdout.
+
+  Gloo's C++ side writes connection messages to the same stream, unbuffered,
+  so they can land mid-line; ``summary_only`` keeps just the summary line,
+  cut from where it starts.
+  """
   output.seek(0)
   for line in output:
-    if not line.startswith("[Gloo]"):
+    if summary_only:
+      if SUMMARY_PREFIX in line:
+        print(line[line.index(SUMMARY_PREFIX):], end="", flush=True)
+    elif not line.startswith("[Gloo]"):
       print(line, end="", flush=True)
 
 

@@ -1,8 +1,9 @@
 """Tests of the toy diffusion-LM RL study (examples/dllm_rl.py)."""
 
-import importlib.util
+import importlib
 import json
 import pathlib
+import sys
 
 import chex
 import jax
@@ -12,14 +13,15 @@ import pytest
 
 import stabledrl_jax
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "dllm_rl.py"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
 def load_example():
-  spec = importlib.util.spec_from_file_location("dllm_rl_example", EXAMPLE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  # Imported under its own name from examples/, so that the spawned worker
+  # processes of the default (two-worker) path can import it too.
+  if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
+  return importlib.import_module("dllm_rl")
 
 
 dllm = load_example()
@@ -214,7 +216,9 @@ def test_rl_step_runs_two_steps(method):
   chex.assert_tree_all_finite(params)
   clip_state = opt_state[0]
   assert isinstance(clip_state, stabledrl_jax.ClipState)
-  assert float(metrics["grad_norm"]) >= float(clip_state.global_norm) > 0
+  assert float(clip_state.global_norm) > 0
+  # Two steps of inner_steps optimizer steps each, all counted by ClipState.
+  assert int(metrics["num_clipped"]) == int(clip_state.num_clipped) <= 2 * 2
   assert 0 <= float(metrics["reward"]) <= 1
   assert np.isfinite(float(metrics["max_log_ratio"]))
   assert float(metrics["logratio_std"]) > 0
@@ -223,6 +227,18 @@ def test_rl_step_runs_two_steps(method):
   moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(),
                        params, before)
   assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_grad_norm_metric_is_the_clip_states_norm():
+  # With one inner step the recorded norm is exactly ClipState's pre-clip norm.
+  cfg = small_config(inner_steps=1)
+  apply, params = dllm.make_model(cfg, 0)
+  step = dllm.make_rl_step(apply, cfg, "stabledrl")
+  opt_state = dllm.make_optimizer(cfg).init(params)
+  _, opt_state, metrics = step(params, opt_state, jax.random.key(3))
+  assert float(metrics["grad_norm"]) == float(opt_state[0].global_norm) > 0
+  assert int(metrics["num_clipped"]) == int(
+      float(opt_state[0].global_norm) > cfg.max_norm)
 
 
 def test_coupled_masks_without_noise_give_zero_log_ratio_at_first_step():
@@ -258,8 +274,9 @@ def test_bad_config_and_method_raise():
 
 
 def test_quick_run_end_to_end(tmp_path):
+  # The default path: two spawned worker processes.
   methods = ",".join(METHODS)
-  result = dllm.main(["--quick", "--workers", "1", "--methods", methods,
+  result = dllm.main(["--quick", "--workers", "2", "--methods", methods,
                       "--out", str(tmp_path)])
   for name in ("results.json", "reward.png", "grad_norm.png"):
     assert (tmp_path / name).stat().st_size > 0
@@ -286,3 +303,25 @@ def test_quick_run_end_to_end(tmp_path):
     norms = np.asarray(run["grad_norm_curve"])
     np.testing.assert_allclose(run["max_grad_norm"],
                                np.max(norms[np.isfinite(norms)]), rtol=1e-6)
+  # Both methods see the same rollouts at step 0 (same seed, same warm start):
+  # only the loss differs.
+  by_method = {r["method"]: r for r in saved["runs"]}
+  assert (by_method["grpo"]["reward_curve"][0]
+          == by_method["stabledrl"]["reward_curve"][0])
+  assert (by_method["grpo"]["logratio_std_curve"][0]
+          == by_method["stabledrl"]["logratio_std_curve"][0])
+
+
+def test_sweep_writes_summary_and_plot(tmp_path):
+  result = dllm.main(["--quick", "--steps", "2", "--workers", "1",
+                      "--sweep-sigma", "0,1", "--out", str(tmp_path)])
+  assert (tmp_path / "sweep_sigma.png").stat().st_size > 0
+  with open(tmp_path / "sweep_sigma.json") as f:
+    saved = json.load(f)
+  assert saved["config"]["sweep"] == "sigma"
+  assert saved["config"]["sweep_values"] == [0.0, 1.0]
+  assert saved["config"]["masks"] == "coupled"
+  assert set(saved["summary"]) == {"0", "1"}
+  assert set(result["summary"]["1"]) == set(METHODS)
+  assert {(r["method"], r["logratio_noise"]) for r in saved["runs"]} == {
+      (m, s) for m in METHODS for s in (0.0, 1.0)}

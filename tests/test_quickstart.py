@@ -224,11 +224,14 @@ def test_benchmark_main_writes_the_tables(tmp_path, capsys):
   assert re.search(r"^\| 4 \| 2 \| 2 \| 2 \| 2 \|$", text, re.MULTILINE)
 
 
-def test_public_api_only():
-  # The example is documentation: it must use nothing but the public API.
-  with open(os.path.join(ROOT, "examples", "quickstart.py")) as f:
+@pytest.mark.parametrize("example", sorted(
+    name for name in os.listdir(os.path.join(ROOT, "examples"))
+    if name.endswith(".py")))
+def test_examples_use_the_public_api_only(example):
+  # The examples are documentation: they use nothing but the public API.
+  with open(os.path.join(ROOT, "examples", example)) as f:
     source = f.read()
-  assert "import stabledrl_jax as sdrl" in source
-  used = set(re.findall(r"sdrl\.(\w+)", source))
-  assert used and used <= set(sdrl.__all__)
   assert not re.search(r"from stabledrl_jax[. ]", source)
+  assert not re.search(r"import stabledrl_jax\.", source)
+  used = set(re.findall(r"\b(?:sdrl|stabledrl_jax)\.(\w+)", source))
+  assert used <= set(sdrl.__all__), used - set(sdrl.__all__)
