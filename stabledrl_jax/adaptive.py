@@ -194,10 +194,7 @@ def zscore_clip(
         mean=jnp.zeros((), jnp.float32),
         var=jnp.zeros((), jnp.float32),
         threshold=_ceiling(max_norm),
-        global_norm=jnp.zeros((), jnp.float32),
-        scale=jnp.ones((), jnp.float32),
-        num_clipped=jnp.zeros((), jnp.int32),
-        num_nonfinite=jnp.zeros((), jnp.int32),
+        **clipping.init_clip_state()._asdict(),
     )
 
   def update_fn(updates, state, params=None):
@@ -233,17 +230,12 @@ def zscore_clip(
 
     threshold = jnp.where(
         warming, ceiling, jnp.minimum(mean + zt * (std + _STD_EPS), ceiling))
-    num_clipped, num_nonfinite = clipping.count_steps(
-        state.num_clipped, state.num_nonfinite, norm, cap)
     new_state = ZScoreClipState(
         count=state.count + finite.astype(jnp.int32),
         mean=jnp.where(finite, new_mean, mean).astype(jnp.float32),
         var=jnp.where(finite, new_var, var).astype(jnp.float32),
         threshold=threshold.astype(jnp.float32),
-        global_norm=norm,
-        scale=scale.astype(jnp.float32),
-        num_clipped=num_clipped,
-        num_nonfinite=num_nonfinite,
+        **clipping.next_clip_state(state, norm, scale, cap)._asdict(),
     )
     return updates, new_state
 
@@ -383,10 +375,7 @@ def quantile_clip(
         norms=jnp.zeros((size,), jnp.float32),
         count=jnp.zeros((), jnp.int32),
         threshold=_ceiling(max_norm),
-        global_norm=jnp.zeros((), jnp.float32),
-        scale=jnp.ones((), jnp.float32),
-        num_clipped=jnp.zeros((), jnp.int32),
-        num_nonfinite=jnp.zeros((), jnp.int32),
+        **clipping.init_clip_state()._asdict(),
     )
 
   def update_fn(updates, state, params=None):
@@ -400,16 +389,11 @@ def quantile_clip(
                             _ceiling(max_norm))
     updates, scale = clipping.clip_to_threshold(updates, norm, threshold)
     recorded = state.norms.at[state.count % size].set(norm)
-    num_clipped, num_nonfinite = clipping.count_steps(
-        state.num_clipped, state.num_nonfinite, norm, threshold)
     new_state = QuantileClipState(
         norms=jnp.where(finite, recorded, state.norms),
         count=state.count + finite.astype(jnp.int32),
         threshold=threshold.astype(jnp.float32),
-        global_norm=norm,
-        scale=scale.astype(jnp.float32),
-        num_clipped=num_clipped,
-        num_nonfinite=num_nonfinite,
+        **clipping.next_clip_state(state, norm, scale, threshold)._asdict(),
     )
     return updates, new_state
 

@@ -136,10 +136,15 @@ def _init_fn(partition_specs: Any):
   return init_fn
 
 
-def _next_state(state: ClipState, norm: jax.Array, scale: jax.Array,
-                max_norm: Any) -> ClipState:
+def next_clip_state(state: Any, norm: jax.Array, scale: jax.Array,
+                    threshold: Any) -> ClipState:
+  """The :class:`ClipState` after a step: its norm, scale and counters.
+
+  ``state`` is any state with ``num_clipped`` and ``num_nonfinite`` counters
+  (the adaptive clips' states share these fields).
+  """
   num_clipped, num_nonfinite = count_steps(
-      state.num_clipped, state.num_nonfinite, norm, max_norm)
+      state.num_clipped, state.num_nonfinite, norm, threshold)
   return ClipState(norm, scale.astype(jnp.float32), num_clipped, num_nonfinite)
 
 
@@ -207,7 +212,7 @@ def _branch_free_update(max_norm: Any, axis_name: Optional[AxisName],
     else:
       scale = clip_scale(norm, max_norm)
       updates = scale_updates(updates, scale, None)
-    return updates, _next_state(state, norm, scale, max_norm)
+    return updates, next_clip_state(state, norm, scale, max_norm)
   return update_fn
 
 
@@ -279,6 +284,6 @@ def conditional_clip(
     for i, leaf in zip(counted, branched):
       leaves[i] = leaf
     updates = jax.tree.unflatten(treedef, leaves)
-    return updates, _next_state(state, norm, applied, max_norm)
+    return updates, next_clip_state(state, norm, applied, max_norm)
 
   return optax.GradientTransformation(_init_fn(partition_specs), update_fn)
