@@ -687,7 +687,13 @@ def plot_curves(records: list, warm_reward: float, cfg: Config, out: str):
 
 
 def plot_sweep(records: list, field: str, warm_reward: float, path: str):
-  """Final reward, pre-clip norms and collapse count against the noise."""
+  """Final reward, pre-clip norms and failure counts against the noise.
+
+  The third panel counts, per method and noise level, the seeds flagged by
+  the 10%-window collapse rule (solid) and the seeds whose final reward ended
+  below the warm start (hatched): a run that falls from its first step has no
+  earlier peak for the rule to compare with.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -710,16 +716,21 @@ def plot_sweep(records: list, field: str, warm_reward: float, path: str):
                       color=COLORS[method], s=14)
       axes[1].scatter(x, [r["median_grad_norm"] for r in runs],
                       facecolors="none", edgecolors=COLORS[method], s=14)
-      axes[2].bar(j + shift, sum(r["collapsed"] for r in runs), width=0.08,
-                  color=COLORS[method])
+      below = sum(r["final_reward"] < warm_reward for r in runs)
+      bar_x = j + (k - 0.5) * 0.2
+      axes[2].bar(bar_x - 0.04, sum(r["collapsed"] for r in runs),
+                  width=0.08, color=COLORS[method])
+      axes[2].bar(bar_x + 0.04, below, width=0.08, color="white",
+                  edgecolor=COLORS[method], hatch="///")
   axes[0].axhline(warm_reward, color="k", ls="--", lw=1, label="warm start")
   axes[0].set_ylabel("final reward (last 10%)")
   axes[1].set_yscale("log")
   axes[1].set_ylabel("pre-clip norm: max (filled), median (open)")
-  axes[2].set_ylabel("collapsed seeds")
+  axes[2].set_ylabel("seeds: collapsed (solid), below warm start (hatched)",
+                     fontsize=8)
   axes[2].set_ylim(0, max(1, max(
       sum(1 for r in records if r["method"] == m and r[field] == level)
-      for m in METHODS for level in levels)))
+      for m in METHODS for level in levels)) + 0.3)
   axes[2].yaxis.get_major_locator().set_params(integer=True)
   for ax in axes:
     ax.set_xticks(range(len(levels)), [f"{v:g}" for v in levels])
@@ -760,13 +771,38 @@ def parse_args(argv=None):
   parser.add_argument("--sweep-mc", default=None,
                       help="comma-separated MC mask counts, run with "
                       "independent masks; writes sweep_mc.{json,png}")
+  parser.add_argument("--replot", action="store_true",
+                      help="redraw the PNGs of --out from its JSON files "
+                      "and exit (no training)")
   parser.add_argument("--workers", type=int, default=2,
                       help="worker processes (1 = run in this process)")
   return parser.parse_args(argv)
 
 
+def replot(out: str) -> None:
+  """Redraws every PNG of ``out`` from the JSON files a run wrote there."""
+  fields = {f.name for f in dataclasses.fields(Config)}
+  for name, field in (("results", None), ("sweep_sigma", "logratio_noise"),
+                      ("sweep_mc", "num_mc")):
+    path = os.path.join(out, f"{name}.json")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      saved = json.load(f)
+    if field is None:
+      cfg = Config(**{k: v for k, v in saved["config"].items() if k in fields})
+      plot_curves(saved["runs"], saved["warm_start_reward"], cfg, out)
+    else:
+      plot_sweep(saved["runs"], field, saved["warm_start_reward"],
+                 os.path.join(out, f"{name}.png"))
+    print(f"redrew the plots of {path}")
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
+  if args.replot:
+    replot(args.out)
+    return {}
   methods = tuple(m for m in args.methods.split(",") if m)
   for m in methods:
     if m not in METHODS:

@@ -313,8 +313,9 @@ def test_quick_run_end_to_end(tmp_path):
 
 
 def test_sweep_writes_summary_and_plot(tmp_path):
-  result = dllm.main(["--quick", "--steps", "2", "--workers", "1",
-                      "--sweep-sigma", "0,1", "--out", str(tmp_path)])
+  result = dllm.main(["--quick", "--steps", "2", "--warm-steps", "1",
+                      "--workers", "1", "--sweep-sigma", "0,1",
+                      "--out", str(tmp_path)])
   assert (tmp_path / "sweep_sigma.png").stat().st_size > 0
   with open(tmp_path / "sweep_sigma.json") as f:
     saved = json.load(f)
@@ -325,3 +326,7 @@ def test_sweep_writes_summary_and_plot(tmp_path):
   assert set(result["summary"]["1"]) == set(METHODS)
   assert {(r["method"], r["logratio_noise"]) for r in saved["runs"]} == {
       (m, s) for m in METHODS for s in (0.0, 1.0)}
+  # --replot redraws the figure from the JSON alone.
+  (tmp_path / "sweep_sigma.png").unlink()
+  dllm.main(["--replot", "--out", str(tmp_path)])
+  assert (tmp_path / "sweep_sigma.png").stat().st_size > 0
