@@ -1,9 +1,9 @@
 """Toy diffusion-LM RL study: GRPO's conditional clip versus StableDRL.
 
 A tiny masked-diffusion language model (``flax.nnx``, 2-layer bidirectional
-transformer, d=128, ~400k parameters) learns to sort 5 digits. It is warm-started by
-masked-diffusion supervised training, stopped while the task is still far from
-solved, then fine-tuned by RL with group sampling:
+transformer, d=128, ~400k parameters) learns to sort 5 digits. It is
+warm-started by masked-diffusion supervised training, stopped while the task
+is still far from solved, then fine-tuned by RL with group sampling:
 
 * rollouts: 16 prompts x G = 8 completions, drawn by iterative
   confidence-based unmasking with temperature sampling;
@@ -56,8 +56,8 @@ import os
 SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 
 if __name__ == "__main__" and "XLA_FLAGS" not in os.environ:
-  # Eigen single-threaded in each process, so two worker processes share
-  # two cores instead of oversubscribing them.
+  # Eigen's thread pool off in each process, so that two worker processes
+  # on two cores oversubscribe them less (XLA may still use a thread or two).
   # Set before JAX starts; spawned workers inherit it.
   os.environ["XLA_FLAGS"] = SINGLE_THREAD_XLA_FLAGS
 
@@ -782,11 +782,13 @@ def parse_args(argv=None):
 def replot(out: str) -> None:
   """Redraws every PNG of ``out`` from the JSON files a run wrote there."""
   fields = {f.name for f in dataclasses.fields(Config)}
+  found = False
   for name, field in (("results", None), ("sweep_sigma", "logratio_noise"),
                       ("sweep_mc", "num_mc")):
     path = os.path.join(out, f"{name}.json")
     if not os.path.exists(path):
       continue
+    found = True
     with open(path) as f:
       saved = json.load(f)
     if field is None:
@@ -796,6 +798,8 @@ def replot(out: str) -> None:
       plot_sweep(saved["runs"], field, saved["warm_start_reward"],
                  os.path.join(out, f"{name}.png"))
     print(f"redrew the plots of {path}")
+  if not found:
+    raise SystemExit(f"--replot: no results.json or sweep_*.json in {out!r}")
 
 
 def main(argv=None) -> dict:

@@ -87,8 +87,9 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
   """Runs ``args.num_processes`` local workers; raises if any fails.
 
   Workers write their progress bars to this process's stderr; their stdout
-  goes to temporary files and process 0's is echoed at the end, without the
-  connection messages the gloo library prints.
+  goes to temporary files. On success only process 0's summary line is
+  echoed (gloo's connection messages share that stream); when a worker fails,
+  its whole stdout is.
   """
   coordinator = f"127.0.0.1:{free_port()}"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -111,7 +112,8 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
         raise SystemExit(f"worker {failed[0][0]} exited with code "
                          f"{failed[0][1]}; stopping the others")
       if all(c == 0 for c in codes):
-        _echo(outputs[0], summary_only=True)
+        if not _echo(outputs[0], summary_only=True):
+          raise SystemExit("process 0 finished without a summary line")
         return
       if time.monotonic() > deadline:
         raise SystemExit(f"workers did not finish in {args.timeout:g} s")
@@ -128,20 +130,23 @@ def launch(args: argparse.Namespace, argv: list[str]) -> None:
 SUMMARY_PREFIX = "multihost["
 
 
-def _echo(output, summary_only: bool = False) -> None:
-  """Prints a worker's captured stdout.
+def _echo(output, summary_only: bool = False) -> bool:
+  """Prints a worker's captured stdout; True if it held a summary line.
 
   Gloo's C++ side writes connection messages to the same stream, unbuffered,
   so they can land mid-line; ``summary_only`` keeps just the summary line,
   cut from where it starts.
   """
   output.seek(0)
+  found = False
   for line in output:
-    if summary_only:
-      if SUMMARY_PREFIX in line:
+    if SUMMARY_PREFIX in line:
+      found = True
+      if summary_only:
         print(line[line.index(SUMMARY_PREFIX):], end="", flush=True)
-    elif not line.startswith("[Gloo]"):
+    if not summary_only and not line.startswith("[Gloo]"):
       print(line, end="", flush=True)
+  return found
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -162,7 +167,7 @@ def run_worker(args: argparse.Namespace) -> None:
         args, mesh, show_progress=first and not args.no_progress)
     if first:
       print(_common.summary(
-          f"multihost[{args.clip}, {shape[0]} processes x {shape[1]} "
+          f"{SUMMARY_PREFIX}{args.clip}, {shape[0]} processes x {shape[1]} "
           "devices]", history, args.max_norm, seconds) + " norm_check=ok",
             flush=True)
       if args.metrics_out:

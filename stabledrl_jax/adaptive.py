@@ -182,7 +182,7 @@ def zscore_clip(
   """
   _check_unit_interval("alpha", alpha, closed_right=False)
   validation.check_positive("z_thresh", z_thresh, float32=True)
-  validation.check_int("warmup_steps", warmup_steps, 0)
+  validation.check_int("warmup_steps", warmup_steps, 0, static_args_hint=True)
   _check_max_norm(max_norm)
   norms.check_layout(axis_name, partition_specs)
   num_warmup = max(int(warmup_steps), 1)
@@ -359,8 +359,8 @@ def quantile_clip(
     Separation Networks <https://arxiv.org/abs/2007.14469>`_, 2020.
   """
   _check_unit_interval("quantile", quantile, closed_right=True)
-  validation.check_int("history", history, 1)
-  validation.check_int("min_history", min_history, 1)
+  validation.check_int("history", history, 1, static_args_hint=True)
+  validation.check_int("min_history", min_history, 1, static_args_hint=True)
   if min_history > history:
     raise ValueError(
         f"min_history must be <= history ({history!r}), got "
@@ -532,13 +532,14 @@ def skip_spikes(
   _check_max_norm(max_norm)
   if z_thresh is not None:
     validation.check_positive("z_thresh", z_thresh, float32=True)
-  validation.check_int("window", window, 1)
-  validation.check_int("min_history", min_history, 1)
+  validation.check_int("window", window, 1, static_args_hint=True)
+  validation.check_int("min_history", min_history, 1, static_args_hint=True)
   if min_history > window:
     raise ValueError(
         f"min_history must be <= window ({window!r}), got "
         f"min_history={min_history!r} (its default is 64).")
-  validation.check_int("max_consecutive", max_consecutive, 1)
+  validation.check_int("max_consecutive", max_consecutive, 1,
+                       static_args_hint=True)
   norms.check_layout(axis_name, partition_specs)
   inner = optax.with_extra_args_support(inner)
   size = int(window)

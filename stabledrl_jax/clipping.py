@@ -260,8 +260,8 @@ def conditional_clip(
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
     scale = clip_scale(norm, max_norm)
-    # Only floating leaves go through the branch; the others (step counters,
-    # masks, Python scalars) are handed back exactly as they came.
+    # Only floating leaves go through the branch; the others (integer step
+    # counters, boolean masks, None) are handed back exactly as they came.
     leaves, treedef = jax.tree.flatten(updates)
     counted = [i for i, leaf in enumerate(leaves) if norms.is_counted(leaf)]
     keep = lambda u: u

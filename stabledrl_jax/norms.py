@@ -75,33 +75,41 @@ def _child(node: Any, key: Any) -> Any:
   return children[key.key]
 
 
-def _node_type(tree: Any, path: tuple[Any, ...]) -> type:
+def _node(tree: Any, path: tuple[Any, ...]) -> Any:
+  """The subtree of ``tree`` at a key path."""
   for key in path:
     tree = _child(tree, key)
-  return type(tree)
+  return tree
+
+
+def _node_type(tree: Any, path: tuple[Any, ...]) -> type:
+  return type(_node(tree, path))
 
 
 def _first_difference(tree: Any, specs: Any) -> str:
   """Names the first key path where ``tree`` and ``specs`` differ."""
-  is_spec = lambda x: isinstance(x, PartitionSpec)
   keystr = jax.tree_util.keystr
-  tree_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  spec_paths = [
-      p for p, _ in jax.tree_util.tree_flatten_with_path(
-          specs, is_leaf=is_spec)[0]
-  ]
+  # None counts as a leaf here, so that a None in one tree facing a spec (or
+  # nothing) in the other is named by its path.
+  paths = lambda t, is_leaf: [
+      p for p, _ in jax.tree_util.tree_flatten_with_path(t, is_leaf=is_leaf)[0]]
+  tree_paths = paths(tree, lambda x: x is None)
+  spec_paths = paths(specs, lambda x: x is None or isinstance(x, PartitionSpec))
   tree_set, spec_set = set(tree_paths), set(spec_paths)
   only_tree = [p for p in tree_paths if p not in spec_set]
   only_specs = [p for p in spec_paths if p not in tree_set]
-  if only_tree or only_specs:
+  names = ([keystr(only_tree[0])] if only_tree else []) + (
+      [keystr(only_specs[0])] if only_specs else [])
+  if names and len(set(names)) == len(names):
     parts = []
     if only_tree:
-      parts.append(f"updates have {keystr(only_tree[0])!r}")
+      parts.append(f"updates have {names[0]!r}")
     if only_specs:
-      parts.append(f"partition_specs have {keystr(only_specs[0])!r}")
+      parts.append(f"partition_specs have {names[-1]!r}")
     return " and ".join(parts) + " that the other tree lacks"
-  # Same leaf paths: some container differs in type (e.g. tuple vs list).
-  for path in tree_paths:
+  # The same paths (or paths that print alike, e.g. a list's [0] and a dict's
+  # 0 key): some container differs in type, e.g. a tuple against a list.
+  for path in tree_paths + spec_paths:
     for depth in range(len(path)):  # the containers above the leaf
       prefix = path[:depth]
       try:
@@ -112,6 +120,15 @@ def _first_difference(tree: Any, specs: Any) -> str:
         where = repr(keystr(prefix)) if prefix else "the root"
         return (f"at {where} updates have a {kinds[0].__name__} where "
                 f"partition_specs have a {kinds[1].__name__}")
+  for path in tree_paths:  # a None (no leaf) facing a spec
+    try:
+      leaf, spec = _node(tree, path), _node(specs, path)
+    except (KeyError, IndexError, AttributeError, TypeError):
+      continue
+    if (leaf is None) != (spec is None):
+      leaf_text = "None" if leaf is None else f"a {type(leaf).__name__}"
+      return (f"at {keystr(path)!r} updates have {leaf_text} where "
+              f"partition_specs have {spec!r}")
   return "their containers differ"
 
 

@@ -65,10 +65,12 @@ def resolve_segments(values: jax.Array, segment_ids: Any,
                      num_segments: Any) -> tuple[jax.Array, int]:
   """Checks segment arguments; no ``segment_ids`` means one segment."""
   if segment_ids is None:
-    if num_segments is not None and num_segments != 1:
-      raise ValueError(
-          "Without segment_ids the batch is one segment: num_segments must "
-          f"be None or 1, got num_segments={num_segments!r}.")
+    if num_segments is not None:
+      check_int("num_segments", num_segments)
+      if num_segments != 1:
+        raise ValueError(
+            "Without segment_ids the batch is one segment: num_segments must "
+            f"be None or 1, got num_segments={num_segments!r}.")
     return jnp.zeros(jnp.shape(values), jnp.int32), 1
   if num_segments is None:
     raise ValueError(
@@ -76,9 +78,14 @@ def resolve_segments(values: jax.Array, segment_ids: Any,
         "the number of segments in the global batch), got None.")
   check_int("num_segments", num_segments)
   check_same_shape("segment_ids", segment_ids, "the values", values)
-  if not isinstance(segment_ids, jax.core.Tracer):
-    # Concrete ids are checked (under jit they cannot be): an id outside
-    # [0, num_segments) would silently drop its entry from every sum.
+  if not jnp.issubdtype(jnp.result_type(segment_ids), jnp.integer):
+    raise ValueError(
+        "segment_ids must be integers, got dtype "
+        f"{jnp.result_type(segment_ids)}.")
+  if (not isinstance(segment_ids, jax.core.Tracer)
+      and getattr(segment_ids, "is_fully_addressable", True)):
+    # Ids known on this host are checked (traced ones cannot be): an id
+    # outside [0, num_segments) would silently drop its entry from every sum.
     ids = np.asarray(segment_ids)
     if ids.size and (ids.min() < 0 or ids.max() >= num_segments):
       raise ValueError(

@@ -36,9 +36,10 @@ def concrete_scalar(name: str, value: Any) -> Optional[float]:
 def check_positive(name: str, value: Any, *, float32: bool = False) -> None:
   """Raises unless a concrete ``value`` is finite and > 0.
 
-  With ``float32=True`` the value must stay finite and > 0 once rounded to
-  float32, the precision the clipping transforms compute in (``1e-46``
-  rounds to 0 and ``1e39`` to inf).
+  With ``float32=True`` the value must be a finite, normal float32 number
+  (``>= 1.18e-38``), the precision the clipping transforms compute in:
+  ``1e39`` rounds to inf, and subnormals such as ``1e-40`` are flushed to
+  zero on CPU and GPU, which would turn ``0 / 0`` into NaN.
   """
   number = concrete_scalar(name, value)
   if number is None:
@@ -48,10 +49,11 @@ def check_positive(name: str, value: Any, *, float32: bool = False) -> None:
   if float32:
     with np.errstate(over="ignore", under="ignore"):
       rounded = float(np.float32(number))
-    if not (math.isfinite(rounded) and rounded > 0):
+    tiny = float(np.finfo(np.float32).tiny)
+    if not (math.isfinite(rounded) and rounded >= tiny):
       raise ValueError(
-          f"{name} must be finite and > 0 in float32, got {value!r} "
-          f"(float32: {rounded!r}).")
+          f"{name} must be a finite float32 number >= {tiny:.3g} (not "
+          f"subnormal), got {value!r} (float32: {rounded!r}).")
 
 
 def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
@@ -76,12 +78,14 @@ def check_ndim(name: str, value: Any, ndim: int) -> None:
         f"{name} must have {ndim} dimension(s), got shape {jnp.shape(value)}.")
 
 
-def check_int(name: str, value: Any, minimum: int = 1) -> None:
+def check_int(name: str, value: Any, minimum: int = 1, *,
+              static_args_hint: bool = False) -> None:
   """Raises unless ``value`` is a static (Python/NumPy) integer ≥ ``minimum``."""
   if isinstance(value, jax.Array):
+    hint = (f" With optax.inject_hyperparams, pass {name!r} in static_args."
+            if static_args_hint else "")
     raise ValueError(
-        f"{name} must be a static integer, got the array {value!r}. With "
-        f"optax.inject_hyperparams, pass {name!r} in static_args.")
+        f"{name} must be a static integer, got the array {value!r}.{hint}")
   if (isinstance(value, (bool, np.bool_))
       or not isinstance(value, (int, np.integer)) or value < minimum):
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")

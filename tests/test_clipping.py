@@ -132,6 +132,16 @@ def test_partition_specs_structure_mismatch_names_the_path():
                      partition_specs={"a": {"x": P(), "w": P()}})
   assert "['x']" not in str(error.value)
   assert "['a']['y']" in str(error.value) and "['a']['w']" in str(error.value)
+  # A None leaf facing a spec, or missing a spec, is named by its path.
+  with pytest.raises(ValueError, match=r"\['a'\].*None"):
+    sdrl.global_norm({"a": None, "b": jnp.ones(1)},
+                     partition_specs={"a": P(), "b": P()})
+  with pytest.raises(ValueError, match=r"updates have \"\['a'\]\""):
+    sdrl.global_norm({"a": None, "b": jnp.ones(1)},
+                     partition_specs={"b": P()})
+  # Paths that print alike (a list's [0], a dict's 0 key): name the types.
+  with pytest.raises(ValueError, match="list.*dict"):
+    sdrl.global_norm([jnp.ones(1)], partition_specs={0: P()})
 
 
 def test_fp8_leaves_count_in_float32():
@@ -322,9 +332,10 @@ def test_bad_max_norm_raises_naming_it(clip, max_norm):
 
 
 @pytest.mark.parametrize("clip", CLIPS)
-@pytest.mark.parametrize("max_norm", [1e-46, 1e39])
+@pytest.mark.parametrize("max_norm", [1e-46, 1e-40, 1e39])
 def test_max_norm_that_float32_cannot_hold_raises(clip, max_norm):
-  # 1e-46 is 0 in float32 (zero gradients would give 0/0), 1e39 is inf.
+  # 1e-46 is 0 in float32 and 1e-40 subnormal, flushed to 0 on CPU (zero
+  # gradients would give 0/0); 1e39 is inf.
   with pytest.raises(ValueError, match=r"max_norm.*float32.*" + re.escape(
       repr(max_norm))):
     clip(max_norm)

@@ -151,6 +151,11 @@ def test_weights_bad_arguments():
   # One segment may be said explicitly.
   np.testing.assert_allclose(
       objectives.self_normalized_weights(jnp.zeros(4), num_segments=1), 0.25)
+  with pytest.raises(ValueError, match="num_segments"):
+    objectives.self_normalized_weights(jnp.zeros(3), num_segments=True)
+  with pytest.raises(ValueError, match="segment_ids must be integers"):
+    objectives.self_normalized_weights(
+        jnp.zeros(3), segment_ids=jnp.array([0.0, 1.0, 1.0]), num_segments=2)
   for ids in ([0, 0, 2], [0, -1, 1]):
     with pytest.raises(ValueError, match=r"segment_ids.*\[0, num_segments=2\)"):
       objectives.self_normalized_weights(

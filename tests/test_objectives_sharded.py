@@ -23,7 +23,9 @@ DEVICES = 8
 ROWS = 3  # rows per device: groups of 4 always straddle devices
 B = DEVICES * ROWS
 T = 6
-RTOL, ATOL = 1e-6, 0.0  # DESIGN: rtol 1e-6 against the whole-batch answer
+# DESIGN: rtol 1e-6 against the whole-batch answer; the atol only covers
+# results that cancel to ~0, where the summation order decides the last bits.
+RTOL, ATOL = 1e-6, 1e-7
 
 
 @pytest.fixture(scope="module")

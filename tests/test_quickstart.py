@@ -233,5 +233,9 @@ def test_examples_use_the_public_api_only(example):
     source = f.read()
   assert not re.search(r"from stabledrl_jax[. ]", source)
   assert not re.search(r"import stabledrl_jax\.", source)
-  used = set(re.findall(r"\b(?:sdrl|stabledrl_jax)\.(\w+)", source))
+  names = ["stabledrl_jax"] + re.findall(r"import stabledrl_jax as (\w+)",
+                                         source)
+  used = set(re.findall(r"\b(?:%s)\.(\w+)" % "|".join(names), source))
+  if "import stabledrl_jax" in source:
+    assert used, "imports stabledrl_jax but uses none of it"
   assert used <= set(sdrl.__all__), used - set(sdrl.__all__)
