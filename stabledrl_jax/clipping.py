@@ -266,8 +266,11 @@ def conditional_clip(
     counted = [i for i, leaf in enumerate(leaves) if norms.is_counted(leaf)]
     keep = lambda u: u
     rescale = lambda u: scale_updates(u, scale, None)
+    # True for a NaN norm too: under "propagate" it then takes the rescale
+    # branch, whose scale is NaN, so NaN reaches every floating leaf as in
+    # optax and unconditional_clip; under "zero" the switch sends it to zero.
+    over = ~(norm <= jnp.asarray(max_norm, jnp.float32))
     if nonfinite == "zero":
-      over = norm > jnp.asarray(max_norm, jnp.float32)
       finite = jnp.isfinite(norm)
       zero = lambda u: scale_updates(u, jnp.zeros((), jnp.float32), False)
       branch = jnp.where(finite, over.astype(jnp.int32), 2)
@@ -275,9 +278,6 @@ def conditional_clip(
           branch, (keep, rescale, zero), [leaves[i] for i in counted])
       applied = jnp.where(finite, jnp.where(over, scale, 1.0), 0.0)
     else:
-      # A NaN norm takes the rescale branch, whose scale is NaN: NaN
-      # propagates to every floating leaf, as in optax and unconditional_clip.
-      over = ~(norm <= jnp.asarray(max_norm, jnp.float32))
       branched = jax.lax.cond(
           over, rescale, keep, [leaves[i] for i in counted])
       applied = jnp.where(over, scale, 1.0)

@@ -82,10 +82,6 @@ def _node(tree: Any, path: tuple[Any, ...]) -> Any:
   return tree
 
 
-def _node_type(tree: Any, path: tuple[Any, ...]) -> type:
-  return type(_node(tree, path))
-
-
 def _first_difference(tree: Any, specs: Any) -> str:
   """Names the first key path where ``tree`` and ``specs`` differ."""
   keystr = jax.tree_util.keystr
@@ -98,22 +94,18 @@ def _first_difference(tree: Any, specs: Any) -> str:
   tree_set, spec_set = set(tree_paths), set(spec_paths)
   only_tree = [p for p in tree_paths if p not in spec_set]
   only_specs = [p for p in spec_paths if p not in tree_set]
-  names = ([keystr(only_tree[0])] if only_tree else []) + (
-      [keystr(only_specs[0])] if only_specs else [])
-  if names and len(set(names)) == len(names):
-    parts = []
-    if only_tree:
-      parts.append(f"updates have {names[0]!r}")
-    if only_specs:
-      parts.append(f"partition_specs have {names[-1]!r}")
-    return " and ".join(parts) + " that the other tree lacks"
+  first = {"updates": keystr(only_tree[0]) if only_tree else None,
+           "partition_specs": keystr(only_specs[0]) if only_specs else None}
+  if any(first.values()) and first["updates"] != first["partition_specs"]:
+    return " and ".join(f"{who} have {path!r}" for who, path in first.items()
+                        if path) + " that the other tree lacks"
   # The same paths (or paths that print alike, e.g. a list's [0] and a dict's
   # 0 key): some container differs in type, e.g. a tuple against a list.
   for path in tree_paths + spec_paths:
     for depth in range(len(path)):  # the containers above the leaf
       prefix = path[:depth]
       try:
-        kinds = (_node_type(tree, prefix), _node_type(specs, prefix))
+        kinds = (type(_node(tree, prefix)), type(_node(specs, prefix)))
       except (KeyError, IndexError, AttributeError, TypeError):
         continue
       if kinds[0] is not kinds[1]:
