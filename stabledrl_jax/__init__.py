@@ -4,31 +4,31 @@ Gradient-side clipping that is exact on any number of devices, and the
 StableDRL objective (unconditional ratio capping, self-normalized weights).
 """
 
-from stabledrl_jax.adaptive import QuantileClipState
-from stabledrl_jax.adaptive import SkipSpikesState
-from stabledrl_jax.adaptive import ZScoreClipState
-from stabledrl_jax.adaptive import quantile_clip
-from stabledrl_jax.adaptive import skip_spikes
-from stabledrl_jax.adaptive import zscore_clip
-from stabledrl_jax.advantages import gae_advantages
-from stabledrl_jax.advantages import group_advantages
-from stabledrl_jax.advantages import rloo_advantages
-from stabledrl_jax.clipping import ClipState
-from stabledrl_jax.clipping import conditional_clip
-from stabledrl_jax.clipping import unconditional_clip
-from stabledrl_jax.normalization import RunningStats
-from stabledrl_jax.normalization import init_running_stats
-from stabledrl_jax.normalization import normalize_rewards
-from stabledrl_jax.normalization import update_running_stats
-from stabledrl_jax.norms import global_norm
-from stabledrl_jax.norms import global_norm_squared
-from stabledrl_jax.objectives import aggregate_loss
-from stabledrl_jax.objectives import entropy_bonus
-from stabledrl_jax.objectives import grpo_policy_loss
-from stabledrl_jax.objectives import kl_penalty
-from stabledrl_jax.objectives import self_normalized_weights
-from stabledrl_jax.objectives import stabledrl_policy_loss
-from stabledrl_jax.objectives import value_loss
+from stabledrl_jax._src.adaptive import QuantileClipState
+from stabledrl_jax._src.adaptive import SkipSpikesState
+from stabledrl_jax._src.adaptive import ZScoreClipState
+from stabledrl_jax._src.adaptive import quantile_clip
+from stabledrl_jax._src.adaptive import skip_spikes
+from stabledrl_jax._src.adaptive import zscore_clip
+from stabledrl_jax._src.advantages import gae_advantages
+from stabledrl_jax._src.advantages import group_advantages
+from stabledrl_jax._src.advantages import rloo_advantages
+from stabledrl_jax._src.clipping import ClipState
+from stabledrl_jax._src.clipping import conditional_clip
+from stabledrl_jax._src.clipping import unconditional_clip
+from stabledrl_jax._src.normalization import RunningStats
+from stabledrl_jax._src.normalization import init_running_stats
+from stabledrl_jax._src.normalization import normalize_rewards
+from stabledrl_jax._src.normalization import update_running_stats
+from stabledrl_jax._src.norms import global_norm
+from stabledrl_jax._src.norms import global_norm_squared
+from stabledrl_jax._src.objectives import aggregate_loss
+from stabledrl_jax._src.objectives import entropy_bonus
+from stabledrl_jax._src.objectives import grpo_policy_loss
+from stabledrl_jax._src.objectives import kl_penalty
+from stabledrl_jax._src.objectives import self_normalized_weights
+from stabledrl_jax._src.objectives import stabledrl_policy_loss
+from stabledrl_jax._src.objectives import value_loss
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Tests for stabledrl_jax.advantages against NumPy versions written here."""
+"""Tests for stabledrl_jax._src.advantages against NumPy versions written here."""
 
 import chex
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stabledrl_jax import advantages
+from stabledrl_jax._src import advantages
 
 
 def np_group_advantages(rewards, group_size, scale="group", eps=1e-6):

@@ -1,4 +1,4 @@
-"""Tests for stabledrl_jax.normalization against NumPy versions written here."""
+"""Tests for stabledrl_jax._src.normalization against NumPy versions written here."""
 
 import chex
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stabledrl_jax import normalization
+from stabledrl_jax._src import normalization
 
 
 def np_moments(values):

@@ -1,4 +1,4 @@
-"""Tests for stabledrl_jax.objectives against NumPy versions written here."""
+"""Tests for stabledrl_jax._src.objectives against NumPy versions written here."""
 
 import chex
 import jax
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from stabledrl_jax import objectives
+from stabledrl_jax._src import objectives
 
 # ---------------------------------------------------------------------------
 # Independent NumPy references (float64).

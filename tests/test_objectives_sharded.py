@@ -15,9 +15,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from stabledrl_jax import advantages
-from stabledrl_jax import normalization
-from stabledrl_jax import objectives
+from stabledrl_jax._src import advantages
+from stabledrl_jax._src import normalization
+from stabledrl_jax._src import objectives
 
 DEVICES = 8
 ROWS = 3  # rows per device: groups of 4 always straddle devices

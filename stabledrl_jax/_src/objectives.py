@@ -7,7 +7,7 @@ Every function that reduces over the batch takes ``axis_name``: when the
 batch is split over that mapped axis (``jax.pmap`` / ``jax.shard_map``), sums
 and counts are ``psum``'d and maxima ``pmax``'d, so the result equals the one
 computed on the whole batch on one device. The reductions are written once,
-in :mod:`stabledrl_jax.reductions` and :func:`aggregate_loss`.
+in :mod:`stabledrl_jax._src.reductions` and :func:`aggregate_loss`.
 
 References:
   Zhong et al., `Stabilizing Reinforcement Learning for Diffusion Language
@@ -20,19 +20,19 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from stabledrl_jax import validation
-from stabledrl_jax.distributed import AxisName
-from stabledrl_jax.distributed import all_max
-from stabledrl_jax.distributed import all_sum
-from stabledrl_jax.reductions import float_dtype
-from stabledrl_jax.reductions import masked_total
-from stabledrl_jax.reductions import resolve_segments
-from stabledrl_jax.reductions import safe_divide
-from stabledrl_jax.reductions import segment_peak
-from stabledrl_jax.reductions import segment_total
-from stabledrl_jax.reductions import valid_mask
-from stabledrl_jax.validation import check_ndim
-from stabledrl_jax.validation import check_same_shape
+from stabledrl_jax._src import validation
+from stabledrl_jax._src.distributed import AxisName
+from stabledrl_jax._src.distributed import all_max
+from stabledrl_jax._src.distributed import all_sum
+from stabledrl_jax._src.reductions import float_dtype
+from stabledrl_jax._src.reductions import masked_total
+from stabledrl_jax._src.reductions import resolve_segments
+from stabledrl_jax._src.reductions import safe_divide
+from stabledrl_jax._src.reductions import segment_peak
+from stabledrl_jax._src.reductions import segment_total
+from stabledrl_jax._src.reductions import valid_mask
+from stabledrl_jax._src.validation import check_ndim
+from stabledrl_jax._src.validation import check_same_shape
 
 # Log-ratios are clamped to this range before ``exp`` wherever a ratio value
 # (not a weight) is needed, so that ratios stay finite in float32.

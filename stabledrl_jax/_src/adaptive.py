@@ -37,10 +37,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stabledrl_jax import clipping
-from stabledrl_jax import norms
-from stabledrl_jax import validation
-from stabledrl_jax.distributed import AxisName
+from stabledrl_jax._src import clipping
+from stabledrl_jax._src import norms
+from stabledrl_jax._src import validation
+from stabledrl_jax._src.distributed import AxisName
 
 # Added to the standard deviation before dividing by it, as in ZClip.
 _STD_EPS = 1e-6

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from stabledrl_jax import distributed
-from stabledrl_jax.distributed import AxisName
+from stabledrl_jax._src import distributed
+from stabledrl_jax._src.distributed import AxisName
 
 
 def is_counted(leaf: Any) -> bool:

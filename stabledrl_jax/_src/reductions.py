@@ -1,7 +1,7 @@
 """Masked and per-segment reductions, exact when the batch is split over devices.
 
-Sums and counts go through :func:`stabledrl_jax.distributed.all_sum` and
-maxima through :func:`~stabledrl_jax.distributed.all_max`, so with an
+Sums and counts go through :func:`stabledrl_jax._src.distributed.all_sum` and
+maxima through :func:`~stabledrl_jax._src.distributed.all_max`, so with an
 ``axis_name`` each result is the one of the whole (global) batch. Used by the
 objectives, the advantages and the running statistics.
 """
@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stabledrl_jax.distributed import AxisName
-from stabledrl_jax.distributed import all_max
-from stabledrl_jax.distributed import all_sum
-from stabledrl_jax.validation import check_int
-from stabledrl_jax.validation import check_same_shape
+from stabledrl_jax._src.distributed import AxisName
+from stabledrl_jax._src.distributed import all_max
+from stabledrl_jax._src.distributed import all_sum
+from stabledrl_jax._src.validation import check_int
+from stabledrl_jax._src.validation import check_same_shape
 
 
 def float_dtype(x: jax.Array) -> jnp.dtype:

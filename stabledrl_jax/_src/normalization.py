@@ -20,10 +20,10 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from stabledrl_jax import validation
-from stabledrl_jax.distributed import AxisName
-from stabledrl_jax.distributed import all_sum
-from stabledrl_jax.reductions import safe_divide
+from stabledrl_jax._src import validation
+from stabledrl_jax._src.distributed import AxisName
+from stabledrl_jax._src.distributed import all_sum
+from stabledrl_jax._src.reductions import safe_divide
 
 
 class RunningStats(NamedTuple):

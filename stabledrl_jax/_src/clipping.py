@@ -11,7 +11,7 @@ compiled program gets there:
   float rounding; the branch is a fusion barrier, so the rescaled gradients are
   materialised before the optimizer reads them again.
 
-Both share the norm of :mod:`stabledrl_jax.norms` (float32 accumulation,
+Both share the norm of :mod:`stabledrl_jax._src.norms` (float32 accumulation,
 exact under ``pmap``/``shard_map`` and across processes) and the non-finite
 policy: with ``nonfinite="zero"`` a step whose norm is NaN/inf yields all-zero
 updates, so no NaN reaches the parameters.
@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stabledrl_jax import norms
-from stabledrl_jax import validation
-from stabledrl_jax.distributed import AxisName
+from stabledrl_jax._src import norms
+from stabledrl_jax._src import validation
+from stabledrl_jax._src.distributed import AxisName
 
 NONFINITE_POLICIES = ("zero", "propagate")
 

@@ -21,15 +21,15 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from stabledrl_jax import validation
-from stabledrl_jax.distributed import AxisName
-from stabledrl_jax.reductions import float_dtype
-from stabledrl_jax.reductions import masked_total
-from stabledrl_jax.reductions import safe_divide
-from stabledrl_jax.reductions import segment_total
-from stabledrl_jax.validation import check_int
-from stabledrl_jax.validation import check_ndim
-from stabledrl_jax.validation import check_same_shape
+from stabledrl_jax._src import validation
+from stabledrl_jax._src.distributed import AxisName
+from stabledrl_jax._src.reductions import float_dtype
+from stabledrl_jax._src.reductions import masked_total
+from stabledrl_jax._src.reductions import safe_divide
+from stabledrl_jax._src.reductions import segment_total
+from stabledrl_jax._src.validation import check_int
+from stabledrl_jax._src.validation import check_ndim
+from stabledrl_jax._src.validation import check_same_shape
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 

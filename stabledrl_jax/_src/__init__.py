@@ -1,0 +1,1 @@
+"""Implementation of stabledrl_jax; the public API is re-exported by the package."""
