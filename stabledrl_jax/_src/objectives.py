@@ -618,47 +618,61 @@ def kl_penalty(
     ref_logp: jax.typing.ArrayLike,
     *,
     kind: str = "k3",
-    clamp: Any = 10.0,
+    clamp: Optional[Any] = 10.0,
 ) -> jax.Array:
   """Per-token estimates of KL(π_θ ‖ π_ref) from sampled-token log-probs.
 
-  With ``δ = clip(logp − ref_logp, −clamp, clamp)``: ``k1 = δ``,
-  ``k2 = ½ δ²``, ``k3 = e^{−δ} + δ − 1`` (non-negative, low variance). The
-  clamp keeps ``e^{−δ}`` finite, so ``k3`` never overflows; outside it the
-  gradient is 0. Reduce the result with :func:`aggregate_loss`.
+  With ``δ = logp − ref_logp``: ``k1 = δ`` and ``k2 = ½ δ²``, unclamped;
+  ``k3 = e^{−δ} + δ − 1`` (non-negative, low variance) is evaluated at
+  ``δ`` clipped to ``[−20, 20]`` (so ``e^{−δ}`` stays finite) and its *value*
+  is then clipped to ``[−clamp, clamp]``: a token with ``δ = −100`` costs
+  ``clamp`` (10 by default) with zero gradient, not ``e^{100}``. These are
+  verl's ``"k1"``, ``"k2"`` and ``"low_var_kl"`` estimators. Reduce the result
+  with :func:`aggregate_loss`.
 
   Args:
     logp: log-probabilities under the current policy (any shape).
     ref_logp: the same under the reference policy.
     kind: ``"k1"``, ``"k2"`` or ``"k3"``.
-    clamp: finite bound > 0 on ``|δ|``.
+    clamp: bound on the ``k3`` value, finite and > 0, or None for no bound
+      (``k3`` then reaches ``e^{20} − 21 ≈ 4.9e8`` at most). Ignored by
+      ``k1`` and ``k2``.
 
   Returns:
     An array of ``logp``'s shape (float32 or wider).
 
   Raises:
-    ValueError: shapes differ, unknown ``kind``, ``clamp`` not finite > 0.
+    ValueError: shapes differ, unknown ``kind``, ``clamp`` neither None nor
+      finite > 0.
 
   Examples:
     >>> import jax.numpy as jnp
     >>> kl_penalty(jnp.array([0.0, 1.0]), jnp.array([0.0, 0.0]), kind="k2")
     Array([0. , 0.5], dtype=float32)
-    >>> float(kl_penalty(jnp.array([-1e4]), jnp.array([0.0]))[0])  # e^10 - 11
-    22015.46...
+    >>> float(kl_penalty(jnp.array([-100.0]), jnp.array([0.0]))[0])
+    10.0
+    >>> round(float(kl_penalty(jnp.array([-1.0]), jnp.array([0.0]))[0]), 4)
+    0.7183
+    >>> float(kl_penalty(jnp.array([-100.0]), jnp.array([0.0]), kind="k1")[0])
+    -100.0
 
   References:
     Schulman, `Approximating KL Divergence
     <http://joschu.net/blog/kl-approx.html>`_, 2020.
   """
   validation.check_choice("kind", kind, KL_KINDS)
-  validation.check_positive("clamp", clamp)
+  if clamp is not None:
+    validation.check_positive("clamp", clamp)
   logp = jnp.asarray(logp)
   check_same_shape("ref_logp", ref_logp, "logp", logp)
   dtype = float_dtype(logp)
   delta = logp.astype(dtype) - jnp.asarray(ref_logp).astype(dtype)
-  delta = jnp.clip(delta, -clamp, clamp)
   if kind == "k1":
     return delta
   if kind == "k2":
     return 0.5 * jnp.square(delta)
-  return jnp.expm1(-delta) + delta
+  delta = jnp.clip(delta, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+  k3 = jnp.expm1(-delta) + delta
+  if clamp is not None:
+    k3 = jnp.clip(k3, -clamp, clamp)
+  return k3
