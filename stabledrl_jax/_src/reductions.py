@@ -15,9 +15,9 @@ from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.distributed import all_max
 from stabledrl_jax._src.distributed import all_sum
 from stabledrl_jax._src.validation import check_int
+from stabledrl_jax._src.validation import check_same_shape
 from stabledrl_jax._src.validation import check_selection_mask
 from stabledrl_jax._src.validation import concrete_array
-from stabledrl_jax._src.validation import check_same_shape
 
 
 def float_dtype(x: jax.Array) -> jnp.dtype:
