@@ -77,11 +77,13 @@ def _check_max_norm(max_norm: Any) -> None:
     validation.check_positive("max_norm", max_norm, float32=True)
 
 
-def _ceiling(max_norm: Any) -> jax.Array:
-  """``max_norm`` as a float32 scalar, +inf when it is None."""
-  if max_norm is None:
-    return jnp.asarray(jnp.inf, jnp.float32)
-  return jnp.asarray(max_norm, jnp.float32)
+def _ceiling(max_norm: Any) -> tuple[jax.Array, jax.Array]:
+  """``(valid, ceiling)``: ``max_norm`` as float32, +inf when None or invalid.
+
+  An invalid traced ``max_norm`` (≤ 0, NaN, inf) zeroes the step; the +inf
+  placeholder keeps it out of every division and comparison.
+  """
+  return clipping.usable_threshold(max_norm, placeholder=jnp.inf)
 
 
 def _f32(x: Any) -> jax.Array:
@@ -223,7 +225,7 @@ def zscore_clip(
         count=jnp.zeros((), jnp.int32),
         mean=jnp.zeros((), jnp.float32),
         var=jnp.zeros((), jnp.float32),
-        threshold=_ceiling(max_norm),
+        threshold=_ceiling(max_norm)[1],
         **clipping.init_clip_state()._asdict(),
     )
 
@@ -231,17 +233,17 @@ def zscore_clip(
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    valid = clipping.valid_threshold(max_norm)
+    valid, ceiling = _ceiling(max_norm)
     record = jnp.isfinite(norm) & valid & (norm > 0)
     a, zt = _f32(alpha), _f32(z_thresh)
-    ceiling = _ceiling(max_norm)
     warming = state.count < num_warmup
     mean, var = state.mean, state.var
     std = _floored_std(var, mean)
     z = (norm - mean) / (std + _STD_EPS)
     outlier = (~warming) & (z > zt)
-    # z > z_thresh > 0 wherever this value is kept, so no division by zero.
-    z_cap = jnp.where(outlier, mean + zt * zt * std / z, jnp.inf)
+    # z > z_thresh > 0 wherever this value is kept; elsewhere divide by 1.
+    z_cap = jnp.where(
+        outlier, mean + zt * zt * std / jnp.where(outlier, z, 1.0), jnp.inf)
     cap = jnp.minimum(z_cap, ceiling)
 
     updates, scale = clipping.clip_to_threshold(updates, norm, cap, valid)
@@ -413,7 +415,7 @@ def quantile_clip(
     return QuantileClipState(
         norms=jnp.zeros((size,), jnp.float32),
         count=jnp.zeros((), jnp.int32),
-        threshold=_ceiling(max_norm),
+        threshold=_ceiling(max_norm)[1],
         **clipping.init_clip_state()._asdict(),
     )
 
@@ -421,12 +423,12 @@ def quantile_clip(
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    valid = clipping.valid_threshold(max_norm)
+    valid, ceiling = _ceiling(max_norm)
     record = jnp.isfinite(norm) & valid & (norm > 0)
     ready = state.count >= min_history
     threshold = jnp.minimum(jnp.where(
         ready, _ring_quantile(state.norms, state.count, quantile), jnp.inf),
-                            _ceiling(max_norm))
+                            ceiling)
     updates, scale = clipping.clip_to_threshold(
         updates, norm, threshold, valid)
     recorded = state.norms.at[state.count % size].set(norm)
@@ -610,7 +612,7 @@ def skip_spikes(
         inner_state=inner.init(params),
         norms=jnp.zeros((size,), jnp.float32),
         count=jnp.zeros((), jnp.int32),
-        threshold=_ceiling(max_norm),
+        threshold=_ceiling(max_norm)[1],
         global_norm=jnp.zeros((), jnp.float32),
         skipped=jnp.zeros((), jnp.bool_),
         num_skipped=jnp.zeros((), jnp.int32),
@@ -622,8 +624,8 @@ def skip_spikes(
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
     # A traced max_norm that is not a usable threshold counts as non-finite.
-    ok = jnp.isfinite(norm) & clipping.valid_threshold(max_norm)
-    ceiling = _ceiling(max_norm)
+    valid, ceiling = _ceiling(max_norm)
+    ok = jnp.isfinite(norm) & valid
     spike = (~ok) | (norm > ceiling)
     threshold = ceiling
     if z_thresh is not None:

@@ -84,20 +84,26 @@ def check_clip_args(max_norm: Any, axis_name: Optional[AxisName],
   norms.check_layout(axis_name, partition_specs)
 
 
-def valid_threshold(max_norm: Any) -> jax.Array:
-  """Whether a (possibly traced) ``max_norm`` can serve as a threshold.
+def usable_threshold(max_norm: Any,
+                     placeholder: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Checks a (possibly traced) ``max_norm``; returns ``(valid, threshold)``.
 
-  True for a finite, normal float32 number > 0; False for ≤ 0, NaN, inf and
-  subnormals (flushed to 0 on CPU and GPU). ``None`` (no ceiling) is valid.
-  A schedule that reaches 0 is caught here: ``optax.linear_schedule(1, 0, 3)``
-  ends at -2.98e-8, which would flip the update's sign.
+  ``valid`` is True for a finite, normal float32 number > 0 and False for
+  ≤ 0, NaN, inf and subnormals (flushed to 0 on CPU and GPU). A schedule that
+  reaches 0 is caught here: ``optax.linear_schedule(1, 0, 3)`` ends at
+  -2.98e-8, which would flip the update's sign. ``threshold`` is ``max_norm``
+  as float32 where valid and ``placeholder`` elsewhere, so that no division by
+  a zero, negative or NaN threshold is ever computed; callers zero the step
+  where ``valid`` is False. ``None`` (no ceiling) is valid, with threshold
+  +inf.
   """
   if max_norm is None:
-    return jnp.asarray(True)
+    return jnp.asarray(True), jnp.asarray(jnp.inf, jnp.float32)
   max_norm = jnp.asarray(max_norm, jnp.float32)
   finfo = jnp.finfo(jnp.float32)
   # NaN fails both comparisons.
-  return (max_norm >= finfo.tiny) & (max_norm <= finfo.max)
+  valid = (max_norm >= finfo.tiny) & (max_norm <= finfo.max)
+  return valid, jnp.where(valid, max_norm, jnp.float32(placeholder))
 
 
 def clip_scale(norm: jax.Array, threshold: Any) -> jax.Array:
@@ -139,7 +145,7 @@ def clip_to_threshold(updates: Any, norm: jax.Array, threshold: Any,
 
   The "zero" policy shared by every clipping transform: a step whose norm is
   NaN/inf, or whose user threshold is not ``valid`` (see
-  :func:`valid_threshold`), returns all-zero updates.
+  :func:`usable_threshold`), returns all-zero updates.
 
   Returns:
     ``(updates, float32 scale applied)``; the scale is 0 for a zeroed step.
@@ -238,13 +244,13 @@ def unconditional_clip(
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    valid = valid_threshold(max_norm)
+    valid, threshold = usable_threshold(max_norm)
     if nonfinite == "zero":
-      updates, scale = clip_to_threshold(updates, norm, max_norm, valid)
+      updates, scale = clip_to_threshold(updates, norm, threshold, valid)
     else:
-      scale = jnp.where(valid, clip_scale(norm, max_norm), 0.0)
+      scale = jnp.where(valid, clip_scale(norm, threshold), 0.0)
       updates = scale_updates(updates, scale, None)
-    return updates, next_clip_state(state, norm, scale, max_norm, valid)
+    return updates, next_clip_state(state, norm, scale, threshold, valid)
 
   return optax.GradientTransformation(_init_fn(partition_specs), update_fn)
 
@@ -292,8 +298,8 @@ def conditional_clip(
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    valid = valid_threshold(max_norm)
-    scale = jnp.where(valid, clip_scale(norm, max_norm), 0.0)
+    valid, threshold = usable_threshold(max_norm)
+    scale = jnp.where(valid, clip_scale(norm, threshold), 0.0)
     # Only floating leaves go through the branch; the others (integer step
     # counters, boolean masks, None) are handed back exactly as they came.
     leaves, treedef = jax.tree.flatten(updates)
@@ -304,7 +310,7 @@ def conditional_clip(
     # branch, whose scale is NaN, so NaN reaches every floating leaf as in
     # optax and unconditional_clip; under "zero" the switch sends it to zero.
     # An invalid max_norm rescales by 0 under "propagate".
-    over = ~(norm <= jnp.asarray(max_norm, jnp.float32)) | ~valid
+    over = ~(norm <= threshold) | ~valid
     if nonfinite == "zero":
       ok = jnp.isfinite(norm) & valid
       zero = lambda u: scale_updates(u, jnp.zeros((), jnp.float32), False)
@@ -319,6 +325,6 @@ def conditional_clip(
     for i, leaf in zip(counted, branched):
       leaves[i] = leaf
     updates = jax.tree.unflatten(treedef, leaves)
-    return updates, next_clip_state(state, norm, applied, max_norm, valid)
+    return updates, next_clip_state(state, norm, applied, threshold, valid)
 
   return optax.GradientTransformation(_init_fn(partition_specs), update_fn)
