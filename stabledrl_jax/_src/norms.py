@@ -79,10 +79,8 @@ def leaf_partition_specs(tree: Any, partition_specs: Any) -> list[PartitionSpec]
       raise ValueError(
           f"partition_specs leaves must be PartitionSpec, got {spec!r}.")
   try:
-    # Each spec becomes a list with one copy per leaf of the subtree it faces.
-    broadcast = jax.tree.map(
-        lambda spec, subtree: [spec] * len(jax.tree.leaves(subtree)),
-        partition_specs, tree, is_leaf=is_spec)
+    # A copy of each spec at every leaf of the subtree it faces.
+    broadcast = jax.tree.broadcast(partition_specs, tree, is_leaf=is_spec)
   except ValueError as error:
     raise ValueError(
         "partition_specs must be a prefix of the updates' tree (as shard_map's "
