@@ -29,10 +29,9 @@ A norm of exactly 0 (all-equal rewards give zero advantages and zero
 gradients) carries no information about the scale of the gradients: the step
 passes unchanged (it is all zeros) and is not recorded either, so zero steps
 can neither pull a mean to 0 nor fill a history with zeros. And the standard
-deviation used by the z-score tests is never taken below
-``_MIN_RELATIVE_STD`` (10%) of the mean: a run of identical norms has zero
-variance, with which any later norm above the mean would be an outlier and the
-statistics could never move up again.
+deviation used by the z-score tests is never taken below 10% of the mean: a
+run of identical norms has zero variance, with which any later norm above the
+mean would be an outlier and the statistics could never move up again.
 
 References:
   Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
