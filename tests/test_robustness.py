@@ -206,15 +206,14 @@ def test_zero_gradient_with_bad_threshold_keeps_adam_finite(clip):
   assert np.all(np.isfinite(adam.mu["w"])) and np.all(np.isfinite(adam.nu["w"]))
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, np.nan, np.inf])
 @pytest.mark.parametrize("name", sorted(WITH_MAX_NORM))
-def test_no_nan_is_ever_computed_for_a_zero_gradient(name, bad):
+def test_no_nan_is_ever_computed_for_a_zero_gradient(name):
   # checkify's nan_checks test every primitive's output, including the branch
   # a jnp.where discards: no 0/0 may appear anywhere in the update.
   tx = optax.inject_hyperparams(WITH_MAX_NORM[name])(max_norm=1.0)
   update = jax.jit(checkify.checkify(tx.update, errors=checkify.nan_checks))
   state = tx.init(grads_with_norm(1.0))
-  for max_norm in (1.0, bad):
+  for max_norm in (1.0, 0.0, 1.0, -1.0, np.nan, np.inf):
     state.hyperparams["max_norm"] = jnp.asarray(max_norm, jnp.float32)
     for g in (0.0, 2.0, 0.0):
       error, (_, state) = update(grads_with_norm(g), state)
@@ -260,7 +259,7 @@ def np_clip64(leaves, max_norm):
   return [np.asarray(x, np.float64) * scale for x in leaves], norm
 
 
-@hypothesis.settings(deadline=None, max_examples=60)
+@hypothesis.settings(deadline=None, max_examples=40)
 @hypothesis.given(
     leaves=st.lists(
         st.tuples(
