@@ -67,7 +67,10 @@ def run(tx, trace, params=None):
 
 
 def np_zclip(trace, alpha, z_thresh, warmup_steps, max_norm):
-  """ZClip with a warm-up buffer; returns clipped norms and thresholds."""
+  """ZClip with a warm-up buffer; returns clipped norms and thresholds.
+
+  Zero norms pass and are not recorded; σ is floored at 10% of μ.
+  """
   ceiling = np.inf if max_norm is None else max_norm
   buffer, mean, var = [], None, None
   out, thresholds = [], []
@@ -78,13 +81,17 @@ def np_zclip(trace, alpha, z_thresh, warmup_steps, max_norm):
         out.append(0.0)
         continue
       out.append(min(g, ceiling))
-      buffer.append(g)
+      if g > 0:
+        buffer.append(g)
       if len(buffer) >= max(warmup_steps, 1):
         mean, var = np.mean(buffer), np.var(buffer)
       continue
-    std = np.sqrt(var)
+    std = max(np.sqrt(var), 0.1 * mean)
     thresholds.append(min(mean + z_thresh * (std + 1e-6), ceiling))
     if not np.isfinite(g):
+      out.append(0.0)
+      continue
+    if g == 0:
       out.append(0.0)
       continue
     z = (g - mean) / (std + 1e-6)
@@ -107,7 +114,8 @@ def np_autoclip(trace, quantile, history, min_history):
       out.append(0.0)
       continue
     out.append(min(g, limit))
-    seen.append(g)
+    if g > 0:
+      seen.append(g)
   return np.array(out), np.array(thresholds)
 
 
@@ -120,14 +128,16 @@ def np_skip(trace, max_norm, z_thresh, window, min_history, max_consecutive):
       spike = max_norm is not None and g > max_norm
       if z_thresh is not None and len(accepted) >= min_history:
         recent = np.array(accepted[-window:])
-        spike = spike or (g - recent.mean()) / (recent.std() + 1e-6) > z_thresh
+        std = max(recent.std(), 0.1 * recent.mean())
+        spike = spike or (g - recent.mean()) / (std + 1e-6) > z_thresh
       skip = spike and run_length < max_consecutive
     skipped.append(skip)
     if skip:
       run_length += 1
     else:
       run_length = 0
-      accepted.append(g)
+      if g > 0:
+        accepted.append(g)
   return np.array(skipped)
 
 

@@ -298,3 +298,24 @@ def test_chain_with_adamw_under_shard_map_matches_single_device():
     rp, rs = ref_step(rp, rs, grads)
   chex.assert_trees_all_close(p, rp, rtol=RTOL, atol=1e-7)
   assert_state_close(s[0], rs[0])
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_shard_map_with_partition_specs_prefix(clip):
+  # One P() for a whole replicated subtree, as shard_map's in_specs accept.
+  mesh = jax.make_mesh((2, 4), ("data", "model"))
+  tree = {"sharded": random_tree({"w": (8, 4)}, seed=5)["w"],
+          "frozen": random_tree({"a": (3,), "b": (2, 2)}, seed=6)}
+  specs = {"sharded": P("data", "model"), "frozen": P()}
+  tx = clip(1.0, partition_specs=specs)
+  state0 = tx.init(tree)
+  state_specs = jax.tree.map(lambda _: P(), state0)
+  sm = jax.shard_map(tx.update, mesh=mesh, in_specs=(specs, state_specs),
+                     out_specs=(specs, state_specs), check_vma=True)
+  out, state = jax.jit(sm)(put(tree, mesh, specs), state0)
+  ref_out, ref_state = single_device(clip, tree, 1.0)
+  chex.assert_trees_all_close(out, ref_out, rtol=RTOL)
+  assert_state_close(state, ref_state)
+  gathered = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2)
+                         for x in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(float(state.global_norm), gathered, rtol=RTOL)

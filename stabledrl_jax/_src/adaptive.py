@@ -22,7 +22,16 @@ replica computes the same norm and therefore holds the same state.
 A non-finite norm (NaN/inf) never enters the statistics: it zeroes the step
 (like ``nonfinite="zero"`` in :func:`stabledrl_jax.unconditional_clip`), is
 counted in ``num_nonfinite``, and leaves the running moments, history and
-window exactly as they were.
+window exactly as they were. A traced ``max_norm`` that is ≤ 0, NaN or inf is
+handled the same way.
+
+A norm of exactly 0 (all-equal rewards give zero advantages and zero
+gradients) carries no information about the scale of the gradients: the step
+passes unchanged (it is all zeros) and is not recorded either, so zero steps
+can neither pull a mean to 0 nor fill a history with zeros. And the standard
+deviation used by the z-score tests is never taken below 10% of the mean: a
+run of identical norms has zero variance, with which any later norm above the
+mean would be an outlier and the statistics could never move up again.
 
 References:
   Kumar et al., `ZClip: Adaptive Spike Mitigation for LLM Pre-Training
@@ -44,6 +53,11 @@ from stabledrl_jax._src.distributed import AxisName
 
 # Added to the standard deviation before dividing by it, as in ZClip.
 _STD_EPS = 1e-6
+# The z-score tests treat norms as varying by at least this fraction of their
+# mean: a norm within z_thresh * 10% of the mean is never an outlier. Without
+# such a floor, identical norms (σ = 0) make every larger norm an outlier that
+# ZClip clips to exactly μ, so μ and σ never move again.
+_MIN_RELATIVE_STD = 0.1
 
 
 def _check_unit_interval(name: str, value: Any, *, closed_right: bool) -> None:
@@ -62,15 +76,22 @@ def _check_max_norm(max_norm: Any) -> None:
     validation.check_positive("max_norm", max_norm, float32=True)
 
 
-def _ceiling(max_norm: Any) -> jax.Array:
-  """``max_norm`` as a float32 scalar, +inf when it is None."""
-  if max_norm is None:
-    return jnp.asarray(jnp.inf, jnp.float32)
-  return jnp.asarray(max_norm, jnp.float32)
+def _ceiling(max_norm: Any) -> tuple[jax.Array, jax.Array]:
+  """``(valid, ceiling)``: ``max_norm`` as float32, +inf when None or invalid.
+
+  An invalid traced ``max_norm`` (≤ 0, NaN, inf) zeroes the step; the +inf
+  placeholder keeps it out of every division and comparison.
+  """
+  return clipping.usable_threshold(max_norm, placeholder=jnp.inf)
 
 
 def _f32(x: Any) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
+
+
+def _floored_std(var: jax.Array, mean: jax.Array) -> jax.Array:
+  """``max(σ, 10% of μ)``: the spread the z-score tests use."""
+  return jnp.maximum(jnp.sqrt(jnp.maximum(var, 0.0)), _MIN_RELATIVE_STD * mean)
 
 
 # ---------------------------------------------------------------------------
@@ -88,12 +109,14 @@ class ZScoreClipState(NamedTuple):
       warm-up, then the EMA.
     threshold: float32 largest norm the last step let through unchanged,
       ``min(μ + z_thresh·(σ + 1e-6), max_norm)`` from the statistics before
-      that step (``max_norm``, or +inf without it, during warm-up).
+      that step, with σ floored at 10% of μ (``max_norm``, or +inf without it,
+      during warm-up).
     global_norm: float32 pre-clip global norm of the last update.
     scale: float32 factor applied to the last update; the clipped norm is
       ``global_norm * scale`` (0 for a non-finite step).
     num_clipped: int32 number of steps that were scaled down.
-    num_nonfinite: int32 number of steps whose norm was NaN or inf.
+    num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
+      traced ``max_norm`` was ≤ 0, NaN or inf).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -127,10 +150,11 @@ def zscore_clip(
 
   With ``g`` the global norm of this step and μ, σ² the statistics before it:
 
-  * warm-up (the first ``warmup_steps`` finite norms): μ and σ² are the plain
-    mean and population variance of the norms seen; the step is clipped only
-    at ``max_norm`` when given.
-  * afterwards: ``z = (g − μ) / (σ + 1e-6)``. If ``z > z_thresh`` the
+  * warm-up (the first ``warmup_steps`` recorded norms): μ and σ² are the
+    plain mean and population variance of the norms seen; the step is clipped
+    only at ``max_norm`` when given.
+  * afterwards: ``z = (g − μ) / (σ + 1e-6)`` with σ floored at 10% of μ
+    (``σ = max(sqrt(σ²), 0.1·μ)``). If ``z > z_thresh`` the
     threshold is ``μ + z_thresh²·σ / z`` (ZClip's "adaptive_scaling": the
     larger the outlier, the harder it is scaled down), otherwise none; with
     ``max_norm`` the effective threshold is ``min(that, max_norm)``. The
@@ -138,14 +162,21 @@ def zscore_clip(
     the clipped norm ``g̃ = min(g, threshold)``:
     ``μ ← αμ + (1−α)g̃``, ``σ² ← ασ² + (1−α)(g̃ − μ_new)²``.
 
-  A non-finite ``g`` gives all-zero updates and leaves μ, σ² and ``count``
-  unchanged. ``warmup_steps=0`` behaves as 1: the statistics start from the
-  first finite norm, which is never z-clipped.
+  Only finite, non-zero norms are recorded. A non-finite ``g`` (or a traced
+  ``max_norm`` that is ≤ 0, NaN or inf) gives all-zero updates, is counted in
+  ``num_nonfinite`` and leaves μ, σ² and ``count`` unchanged. A zero ``g``
+  passes unchanged and leaves them unchanged too: zero-gradient steps (e.g.
+  groups whose completions all got the same reward) neither start nor end the
+  warm-up, and cannot pull μ to 0. The floor on σ keeps a run of identical
+  norms (σ² = 0) from clipping every larger norm to exactly μ forever: the
+  clipped norms then exceed μ, so μ and σ² keep moving.
+  ``warmup_steps=0`` behaves as 1: the statistics start from the first
+  recorded norm, which is never z-clipped.
 
   Args:
     alpha: EMA decay in (0, 1).
     z_thresh: z-score above which a norm is an outlier; > 0.
-    warmup_steps: number of finite norms averaged before the EMA takes over;
+    warmup_steps: number of recorded norms averaged before the EMA takes over;
       ≥ 0. A static int: with ``optax.inject_hyperparams`` pass it in
       ``static_args``.
     max_norm: optional hard ceiling on the norm, applied at every step
@@ -193,7 +224,7 @@ def zscore_clip(
         count=jnp.zeros((), jnp.int32),
         mean=jnp.zeros((), jnp.float32),
         var=jnp.zeros((), jnp.float32),
-        threshold=_ceiling(max_norm),
+        threshold=_ceiling(max_norm)[1],
         **clipping.init_clip_state()._asdict(),
     )
 
@@ -201,19 +232,20 @@ def zscore_clip(
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    finite = jnp.isfinite(norm)
+    valid, ceiling = _ceiling(max_norm)
+    record = jnp.isfinite(norm) & valid & (norm > 0)
     a, zt = _f32(alpha), _f32(z_thresh)
-    ceiling = _ceiling(max_norm)
     warming = state.count < num_warmup
     mean, var = state.mean, state.var
-    std = jnp.sqrt(jnp.maximum(var, 0.0))
+    std = _floored_std(var, mean)
     z = (norm - mean) / (std + _STD_EPS)
     outlier = (~warming) & (z > zt)
-    # z > z_thresh > 0 wherever this value is kept, so no division by zero.
-    z_cap = jnp.where(outlier, mean + zt * zt * std / z, jnp.inf)
+    # z > z_thresh > 0 wherever this value is kept; elsewhere divide by 1.
+    z_cap = jnp.where(
+        outlier, mean + zt * zt * std / jnp.where(outlier, z, 1.0), jnp.inf)
     cap = jnp.minimum(z_cap, ceiling)
 
-    updates, scale = clipping.clip_to_threshold(updates, norm, cap)
+    updates, scale = clipping.clip_to_threshold(updates, norm, cap, valid)
 
     # Warm-up: running plain mean and population variance (Welford).
     n_new = (state.count + 1).astype(jnp.float32)
@@ -231,11 +263,11 @@ def zscore_clip(
     threshold = jnp.where(
         warming, ceiling, jnp.minimum(mean + zt * (std + _STD_EPS), ceiling))
     new_state = ZScoreClipState(
-        count=state.count + finite.astype(jnp.int32),
-        mean=jnp.where(finite, new_mean, mean).astype(jnp.float32),
-        var=jnp.where(finite, new_var, var).astype(jnp.float32),
+        count=state.count + record.astype(jnp.int32),
+        mean=jnp.where(record, new_mean, mean).astype(jnp.float32),
+        var=jnp.where(record, new_var, var).astype(jnp.float32),
         threshold=threshold.astype(jnp.float32),
-        **clipping.next_clip_state(state, norm, scale, cap)._asdict(),
+        **clipping.next_clip_state(state, norm, scale, cap, valid)._asdict(),
     )
     return updates, new_state
 
@@ -250,16 +282,18 @@ class QuantileClipState(NamedTuple):
   """State of :func:`quantile_clip`: arrays only, identical on every replica.
 
   Attributes:
-    norms: float32 ``[history]`` ring buffer of the last finite pre-clip
-      norms; slot ``i`` holds the norm recorded when ``count % history == i``.
-    count: int32 number of finite norms recorded so far.
+    norms: float32 ``[history]`` ring buffer of the last recorded (finite,
+      non-zero) pre-clip norms; slot ``i`` holds the norm recorded when
+      ``count % history == i``.
+    count: int32 number of norms recorded so far.
     threshold: float32 threshold applied to the last step (``max_norm``, or
       +inf without it, before ``min_history`` norms were recorded).
     global_norm: float32 pre-clip global norm of the last update.
     scale: float32 factor applied to the last update (0 for a non-finite
       step).
     num_clipped: int32 number of steps that were scaled down.
-    num_nonfinite: int32 number of steps whose norm was NaN or inf.
+    num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
+      traced ``max_norm`` was ≤ 0, NaN or inf).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -311,8 +345,8 @@ def quantile_clip(
 ) -> optax.GradientTransformation:
   """AutoClip: clips at a quantile of the recent global norms.
 
-  The threshold of a step is the ``quantile`` of the last ``history`` finite
-  pre-clip norms, with linear interpolation (``numpy.quantile``'s default),
+  The threshold of a step is the ``quantile`` of the last ``history``
+  recorded pre-clip norms, with linear interpolation (``numpy.quantile``'s default),
   computed *before* this step's norm is recorded; the update is scaled by
   ``min(1, threshold / g)``. Until ``min_history`` norms are recorded the
   step passes unchanged (or is clipped at ``max_norm`` when given). The
@@ -320,7 +354,13 @@ def quantile_clip(
   the transform jits, checkpoints and runs under ``shard_map``; each step
   sorts it once (O(history log history)).
 
-  A non-finite norm gives all-zero updates and is not recorded.
+  Only finite, non-zero norms are recorded. A non-finite norm (or a traced
+  ``max_norm`` that is ≤ 0, NaN or inf) gives all-zero updates, is counted in
+  ``num_nonfinite`` and is not recorded. A zero norm passes unchanged and is
+  not recorded either: zero-gradient steps would otherwise fill the history
+  with zeros and make a low quantile 0, zeroing every update until
+  ``history`` later norms had pushed them out. Every recorded norm is > 0, so
+  the threshold is > 0.
 
   Args:
     quantile: which quantile of the history is the threshold, in (0, 1].
@@ -374,7 +414,7 @@ def quantile_clip(
     return QuantileClipState(
         norms=jnp.zeros((size,), jnp.float32),
         count=jnp.zeros((), jnp.int32),
-        threshold=_ceiling(max_norm),
+        threshold=_ceiling(max_norm)[1],
         **clipping.init_clip_state()._asdict(),
     )
 
@@ -382,18 +422,21 @@ def quantile_clip(
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    finite = jnp.isfinite(norm)
+    valid, ceiling = _ceiling(max_norm)
+    record = jnp.isfinite(norm) & valid & (norm > 0)
     ready = state.count >= min_history
     threshold = jnp.minimum(jnp.where(
         ready, _ring_quantile(state.norms, state.count, quantile), jnp.inf),
-                            _ceiling(max_norm))
-    updates, scale = clipping.clip_to_threshold(updates, norm, threshold)
+                            ceiling)
+    updates, scale = clipping.clip_to_threshold(
+        updates, norm, threshold, valid)
     recorded = state.norms.at[state.count % size].set(norm)
     new_state = QuantileClipState(
-        norms=jnp.where(finite, recorded, state.norms),
-        count=state.count + finite.astype(jnp.int32),
+        norms=jnp.where(record, recorded, state.norms),
+        count=state.count + record.astype(jnp.int32),
         threshold=threshold.astype(jnp.float32),
-        **clipping.next_clip_state(state, norm, scale, threshold)._asdict(),
+        **clipping.next_clip_state(
+            state, norm, scale, threshold, valid)._asdict(),
     )
     return updates, new_state
 
@@ -410,15 +453,17 @@ class SkipSpikesState(NamedTuple):
   Attributes:
     inner_state: the wrapped optimizer's state; bit-identical across a skipped
       step.
-    norms: float32 ``[window]`` ring buffer of the last accepted norms.
-    count: int32 number of accepted norms recorded so far.
+    norms: float32 ``[window]`` ring buffer of the last accepted non-zero
+      norms.
+    count: int32 number of norms recorded so far.
     threshold: float32 norm above which the last step counted as a spike:
       ``min(μ + z_thresh·(σ + 1e-6), max_norm)`` over the window before that
-      step (+inf when neither test was active).
+      step, with σ floored at 10% of μ (+inf when neither test was active).
     global_norm: float32 global norm of the last incoming update.
     skipped: bool, whether the last step was skipped.
     num_skipped: int32 number of skipped steps.
-    num_nonfinite: int32 number of steps whose norm was NaN or inf.
+    num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
+      traced ``max_norm`` was ≤ 0, NaN or inf).
     consecutive_skips: int32 number of skips in a row up to the last step
       (0 after a step is taken).
 
@@ -470,9 +515,15 @@ def skip_spikes(
 
   * is NaN or inf, or
   * exceeds ``max_norm`` (when given), or
-  * with ``z_thresh`` given and at least ``min_history`` accepted norms
-    recorded: ``(g − μ) / (σ + 1e-6) > z_thresh``, where μ and σ are the mean
-    and population standard deviation of the last ``window`` accepted norms.
+  * with ``z_thresh`` given and at least ``min_history`` norms recorded:
+    ``(g − μ) / (σ + 1e-6) > z_thresh``, where μ and σ are the mean and
+    population standard deviation of the last ``window`` recorded norms, σ
+    floored at 10% of μ.
+
+  The recorded norms are those of accepted steps with a norm > 0. A zero norm
+  (a zero-gradient step) is taken but not recorded: zeros in the window would
+  make μ and σ 0 and every later step a spike. The floor on σ does the same
+  for a window of identical norms.
 
   A skipped step returns all-zero updates and leaves ``inner``'s state
   bit-identical: the inner update still runs (on zeros), and a ``jnp.where``
@@ -484,11 +535,13 @@ def skip_spikes(
   (and recorded), so a lasting change of the norm's level cannot freeze
   training. Non-finite steps are always skipped: applying them would write
   NaN into the parameters and the inner state for good. They do count
-  towards the run of consecutive skips.
+  towards the run of consecutive skips. A step whose traced ``max_norm`` is
+  ≤ 0, NaN or inf is handled as a non-finite one.
 
   Args:
     inner: the optax transformation to protect, e.g. ``optax.adamw(1e-4)``
-      or an ``optax.chain`` that includes a clip.
+      or an ``optax.chain`` that includes a clip (the transformation, not the
+      factory ``optax.adamw``).
     max_norm: optional norm above which a step is skipped; a positive finite
       number or a traced scalar.
     z_thresh: optional z-score above which a step is skipped; > 0.
@@ -509,6 +562,8 @@ def skip_spikes(
     ``inner``.
 
   Raises:
+    TypeError: ``inner`` is not a transformation (e.g. the factory
+      ``optax.adamw`` instead of ``optax.adamw(1e-3)``).
     ValueError: ``max_norm`` ≤ 0, NaN or inf; ``z_thresh`` ≤ 0 or not
       finite; ``window``, ``min_history`` or ``max_consecutive`` below 1 or
       not integers; ``min_history > window``; both ``axis_name`` and
@@ -529,6 +584,12 @@ def skip_spikes(
     >>> updates["w"], int(state.consecutive_skips), int(state.num_nonfinite)
     (Array([0., 0.], dtype=float32), 2, 1)
   """
+  if not (hasattr(inner, "init") and hasattr(inner, "update")):
+    hint = (f" Call the factory first, e.g. {inner.__name__}(1e-3)."
+            if callable(inner) and hasattr(inner, "__name__") else "")
+    raise TypeError(
+        "inner must be an optax.GradientTransformation such as "
+        f"optax.adamw(1e-3), got {inner!r}.{hint}")
   _check_max_norm(max_norm)
   if z_thresh is not None:
     validation.check_positive("z_thresh", z_thresh, float32=True)
@@ -550,7 +611,7 @@ def skip_spikes(
         inner_state=inner.init(params),
         norms=jnp.zeros((size,), jnp.float32),
         count=jnp.zeros((), jnp.int32),
-        threshold=_ceiling(max_norm),
+        threshold=_ceiling(max_norm)[1],
         global_norm=jnp.zeros((), jnp.float32),
         skipped=jnp.zeros((), jnp.bool_),
         num_skipped=jnp.zeros((), jnp.int32),
@@ -561,22 +622,23 @@ def skip_spikes(
   def update_fn(updates, state, params=None, **extra_args):
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    finite = jnp.isfinite(norm)
-    ceiling = _ceiling(max_norm)
-    spike = (~finite) | (norm > ceiling)
+    # A traced max_norm that is not a usable threshold counts as non-finite.
+    valid, ceiling = _ceiling(max_norm)
+    ok = jnp.isfinite(norm) & valid
+    spike = (~ok) | (norm > ceiling)
     threshold = ceiling
     if z_thresh is not None:
       filled = _window_values(state.norms, state.count)
       n = jnp.clip(state.count, 1, size).astype(jnp.float32)
       mean = jnp.sum(jnp.where(filled, state.norms, 0.0)) / n
       var = jnp.sum(jnp.where(filled, jnp.square(state.norms - mean), 0.0)) / n
-      std = jnp.sqrt(var)
+      std = _floored_std(var, mean)
       active = state.count >= min_history
       zt = _f32(z_thresh)
       spike = spike | (active & ((norm - mean) / (std + _STD_EPS) > zt))
       threshold = jnp.where(
           active, jnp.minimum(mean + zt * (std + _STD_EPS), ceiling), ceiling)
-    skip = (~finite) | (spike & (state.consecutive_skips < max_consecutive))
+    skip = (~ok) | (spike & (state.consecutive_skips < max_consecutive))
 
     safe_updates = _zeros_where(skip, updates)
     new_updates, new_inner = inner.update(
@@ -584,17 +646,17 @@ def skip_spikes(
     new_updates = _zeros_where(skip, new_updates)
     new_inner = _select_tree(skip, state.inner_state, new_inner)
 
-    take = ~skip
+    record = (~skip) & (norm > 0)
     recorded = state.norms.at[state.count % size].set(norm)
     new_state = SkipSpikesState(
         inner_state=new_inner,
-        norms=jnp.where(take, recorded, state.norms),
-        count=state.count + take.astype(jnp.int32),
+        norms=jnp.where(record, recorded, state.norms),
+        count=state.count + record.astype(jnp.int32),
         threshold=jnp.asarray(threshold, jnp.float32),
         global_norm=norm,
         skipped=skip,
         num_skipped=state.num_skipped + skip.astype(jnp.int32),
-        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+        num_nonfinite=state.num_nonfinite + (~ok).astype(jnp.int32),
         consecutive_skips=jnp.where(
             skip, state.consecutive_skips + 1, 0).astype(jnp.int32),
     )

@@ -45,9 +45,11 @@ class ClipState(NamedTuple):
   Attributes:
     global_norm: float32 pre-clip global norm of the last update.
     scale: float32 factor applied to the last update (0 for a non-finite step
-      under ``nonfinite="zero"``).
+      under ``nonfinite="zero"``, and for a step whose traced ``max_norm`` was
+      unusable).
     num_clipped: int32 number of steps whose norm exceeded ``max_norm``.
-    num_nonfinite: int32 number of steps whose norm was NaN or inf.
+    num_nonfinite: int32 number of steps whose norm was NaN or inf, or whose
+      traced ``max_norm`` was ≤ 0, NaN or inf.
 
   Examples:
     >>> import jax.numpy as jnp, optax
@@ -82,50 +84,88 @@ def check_clip_args(max_norm: Any, axis_name: Optional[AxisName],
   norms.check_layout(axis_name, partition_specs)
 
 
-def clip_scale(norm: jax.Array, max_norm: Any) -> jax.Array:
-  """``min(1, max_norm / norm)`` in float32; 1 when ``norm == 0``."""
-  max_norm = jnp.asarray(max_norm, jnp.float32)
-  # max_norm / 0 is +inf, so a zero norm gives exactly 1, never NaN.
-  return jnp.minimum(1.0, max_norm / norm)
+def usable_threshold(max_norm: Any,
+                     placeholder: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Checks a (possibly traced) ``max_norm``; returns ``(valid, threshold)``.
 
-
-def scale_updates(updates: Any, scale: jax.Array, finite: Optional[jax.Array]):
-  """``u * scale`` on floating leaves; zero where ``finite`` is False.
-
-  ``finite=None`` skips the guard (the "propagate" policy). Non-floating leaves
-  pass through unchanged.
+  ``valid`` is True for a finite, normal float32 number > 0 and False for
+  ≤ 0, NaN, inf and subnormals (flushed to 0 on CPU and GPU). A schedule that
+  reaches 0 is caught here: ``optax.linear_schedule(1, 0, 3)`` ends at
+  -2.98e-8, which would flip the update's sign. ``threshold`` is ``max_norm``
+  as float32 where valid and ``placeholder`` elsewhere, so that no division by
+  a zero, negative or NaN threshold is ever computed; callers zero the step
+  where ``valid`` is False. ``None`` (no ceiling) is valid, with threshold
+  +inf.
   """
+  if max_norm is None:
+    return jnp.asarray(True), jnp.asarray(jnp.inf, jnp.float32)
+  max_norm = jnp.asarray(max_norm, jnp.float32)
+  finfo = jnp.finfo(jnp.float32)
+  # NaN fails both comparisons.
+  valid = (max_norm >= finfo.tiny) & (max_norm <= finfo.max)
+  return valid, jnp.where(valid, max_norm, jnp.float32(placeholder))
+
+
+def clip_scale(norm: jax.Array, threshold: Any) -> jax.Array:
+  """``min(1, threshold / norm)`` in float32 for a threshold in (0, inf].
+
+  ``norm == 0`` gives exactly 1 (``threshold / 0`` is +inf), never NaN.
+  """
+  threshold = jnp.asarray(threshold, jnp.float32)
+  return jnp.minimum(1.0, threshold / norm)
+
+
+def scale_updates(updates: Any, scale: jax.Array, keep: Optional[jax.Array]):
+  """``u * scale`` on floating leaves, zero where ``keep`` is False.
+
+  The product is taken in float32 (or the leaf's wider dtype) and then cast to
+  the leaf's dtype: casting a small scale to fp16/bf16 first would round it, or
+  flush it to 0, before the multiply. ``keep=None`` skips the guard (the
+  "propagate" policy). Non-floating leaves pass through unchanged.
+  """
+  scale = jnp.asarray(scale, jnp.float32)
+
   def scale_leaf(u):
     if not norms.is_counted(u):
       return u
     u = jnp.asarray(u)
-    scaled = u * scale.astype(u.dtype)
-    if finite is None:
+    # fp8/fp16/bf16 are widened to float32 explicitly (fp8 has no implicit
+    # promotion); float32, float64 and complex leaves multiply as they are.
+    wide = u.astype(jnp.float32) if jnp.finfo(u.dtype).bits < 32 else u
+    scaled = (wide * scale).astype(u.dtype)
+    if keep is None:
       return scaled
-    return jnp.where(finite, scaled, jnp.zeros((), u.dtype))
+    return jnp.where(keep, scaled, jnp.zeros((), u.dtype))
   return jax.tree.map(scale_leaf, updates)
 
 
-def clip_to_threshold(updates: Any, norm: jax.Array,
-                      threshold: Any) -> tuple[Any, jax.Array]:
-  """Scales ``updates`` by ``clip_scale(norm, threshold)``; zeroes them when
-  ``norm`` is NaN/inf. The "zero" policy shared by every clipping transform.
+def clip_to_threshold(updates: Any, norm: jax.Array, threshold: Any,
+                      valid: Any = True) -> tuple[Any, jax.Array]:
+  """Scales ``updates`` by ``clip_scale(norm, threshold)``, or zeroes them.
+
+  The "zero" policy shared by every clipping transform: a step whose norm is
+  NaN/inf, or whose user threshold is not ``valid`` (see
+  :func:`usable_threshold`), returns all-zero updates.
 
   Returns:
-    ``(scaled updates, float32 scale applied)`` (scale 0 for a non-finite norm).
+    ``(updates, float32 scale applied)``; the scale is 0 for a zeroed step.
   """
-  finite = jnp.isfinite(norm)
-  scale = jnp.where(finite, clip_scale(norm, threshold), 0.0)
-  return scale_updates(updates, scale, finite), scale
+  keep = jnp.isfinite(norm) & valid
+  scale = jnp.where(keep, clip_scale(norm, threshold), 0.0)
+  return scale_updates(updates, scale, keep), scale
 
 
 def count_steps(num_clipped: jax.Array, num_nonfinite: jax.Array,
-                norm: jax.Array, threshold: Any) -> tuple[jax.Array, jax.Array]:
-  """Adds this step to the int32 counters of clipped and non-finite steps."""
-  finite = jnp.isfinite(norm)
-  clipped = finite & (norm > jnp.asarray(threshold, jnp.float32))
+                norm: jax.Array, threshold: Any,
+                valid: Any = True) -> tuple[jax.Array, jax.Array]:
+  """Adds this step to the int32 counters of clipped and non-finite steps.
+
+  A step with an invalid user threshold counts as non-finite.
+  """
+  keep = jnp.isfinite(norm) & valid
+  clipped = keep & (norm > jnp.asarray(threshold, jnp.float32))
   return (num_clipped + clipped.astype(jnp.int32),
-          num_nonfinite + (~finite).astype(jnp.int32))
+          num_nonfinite + (~keep).astype(jnp.int32))
 
 
 def _init_fn(partition_specs: Any):
@@ -137,14 +177,14 @@ def _init_fn(partition_specs: Any):
 
 
 def next_clip_state(state: Any, norm: jax.Array, scale: jax.Array,
-                    threshold: Any) -> ClipState:
+                    threshold: Any, valid: Any = True) -> ClipState:
   """The :class:`ClipState` after a step: its norm, scale and counters.
 
   ``state`` is any state with ``num_clipped`` and ``num_nonfinite`` counters
   (the adaptive clips' states share these fields).
   """
   num_clipped, num_nonfinite = count_steps(
-      state.num_clipped, state.num_nonfinite, norm, threshold)
+      state.num_clipped, state.num_nonfinite, norm, threshold, valid)
   return ClipState(norm, scale.astype(jnp.float32), num_clipped, num_nonfinite)
 
 
@@ -161,6 +201,14 @@ def unconditional_clip(
   ``conditional`` and no select on the norm other than the non-finite guard.
   A drop-in replacement for ``optax.clip_by_global_norm`` with exact float32
   norms and distributed layouts (see :func:`stabledrl_jax.global_norm`).
+
+  The scale is applied in float32 and the product cast to each leaf's dtype,
+  so fp16/bf16 leaves are scaled as precisely as their dtype allows.
+
+  A traced ``max_norm`` (``optax.inject_hyperparams``, a schedule) that is
+  ≤ 0, NaN, inf or subnormal makes the step a non-finite one under both
+  policies: all-zero updates, counted in ``num_nonfinite``. It never flips the
+  update's sign, inflates it, or turns a zero gradient into NaN.
 
   Args:
     max_norm: the largest global norm an update may have; a positive finite
@@ -191,29 +239,20 @@ def unconditional_clip(
     >>> opt = optax.chain(unconditional_clip(1.0), optax.adamw(1e-3))
   """
   check_clip_args(max_norm, axis_name, partition_specs, nonfinite)
-  return optax.GradientTransformation(
-      _init_fn(partition_specs),
-      _branch_free_update(max_norm, axis_name, partition_specs, nonfinite))
 
-
-def _branch_free_update(max_norm: Any, axis_name: Optional[AxisName],
-                        partition_specs: Any, nonfinite: str):
-  """The ``update_fn`` of :func:`unconditional_clip`.
-
-  Built at module level so that the compiled program's debug names do not
-  contain the word "conditional", which tools grep for.
-  """
   def update_fn(updates, state, params=None):
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
+    valid, threshold = usable_threshold(max_norm)
     if nonfinite == "zero":
-      updates, scale = clip_to_threshold(updates, norm, max_norm)
+      updates, scale = clip_to_threshold(updates, norm, threshold, valid)
     else:
-      scale = clip_scale(norm, max_norm)
+      scale = jnp.where(valid, clip_scale(norm, threshold), 0.0)
       updates = scale_updates(updates, scale, None)
-    return updates, next_clip_state(state, norm, scale, max_norm)
-  return update_fn
+    return updates, next_clip_state(state, norm, scale, threshold, valid)
+
+  return optax.GradientTransformation(_init_fn(partition_specs), update_fn)
 
 
 def conditional_clip(
@@ -259,7 +298,8 @@ def conditional_clip(
     del params
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    scale = clip_scale(norm, max_norm)
+    valid, threshold = usable_threshold(max_norm)
+    scale = jnp.where(valid, clip_scale(norm, threshold), 0.0)
     # Only floating leaves go through the branch; the others (integer step
     # counters, boolean masks, None) are handed back exactly as they came.
     leaves, treedef = jax.tree.flatten(updates)
@@ -269,14 +309,15 @@ def conditional_clip(
     # True for a NaN norm too: under "propagate" it then takes the rescale
     # branch, whose scale is NaN, so NaN reaches every floating leaf as in
     # optax and unconditional_clip; under "zero" the switch sends it to zero.
-    over = ~(norm <= jnp.asarray(max_norm, jnp.float32))
+    # An invalid max_norm rescales by 0 under "propagate".
+    over = ~(norm <= threshold) | ~valid
     if nonfinite == "zero":
-      finite = jnp.isfinite(norm)
+      ok = jnp.isfinite(norm) & valid
       zero = lambda u: scale_updates(u, jnp.zeros((), jnp.float32), False)
-      branch = jnp.where(finite, over.astype(jnp.int32), 2)
+      branch = jnp.where(ok, over.astype(jnp.int32), 2)
       branched = jax.lax.switch(
           branch, (keep, rescale, zero), [leaves[i] for i in counted])
-      applied = jnp.where(finite, jnp.where(over, scale, 1.0), 0.0)
+      applied = jnp.where(ok, jnp.where(over, scale, 1.0), 0.0)
     else:
       branched = jax.lax.cond(
           over, rescale, keep, [leaves[i] for i in counted])
@@ -284,6 +325,6 @@ def conditional_clip(
     for i, leaf in zip(counted, branched):
       leaves[i] = leaf
     updates = jax.tree.unflatten(treedef, leaves)
-    return updates, next_clip_state(state, norm, applied, max_norm)
+    return updates, next_clip_state(state, norm, applied, threshold, valid)
 
   return optax.GradientTransformation(_init_fn(partition_specs), update_fn)

@@ -61,88 +61,31 @@ def _spec_axes(spec: PartitionSpec) -> tuple[Hashable, ...]:
   return tuple(sorted(axes, key=str))
 
 
-def _child(node: Any, key: Any) -> Any:
-  """The child of ``node`` that a key-path entry names."""
-  if isinstance(key, jax.tree_util.DictKey):
-    return node[key.key]
-  if isinstance(key, jax.tree_util.SequenceKey):
-    return node[key.idx]
-  if isinstance(key, jax.tree_util.GetAttrKey):
-    return getattr(node, key.name)
-  # A custom node without named children: flatten it by one level.
-  children = jax.tree_util.tree_flatten(
-      node, is_leaf=lambda x: x is not node)[0]
-  return children[key.key]
-
-
-def _node(tree: Any, path: tuple[Any, ...]) -> Any:
-  """The subtree of ``tree`` at a key path."""
-  for key in path:
-    tree = _child(tree, key)
-  return tree
-
-
-def _first_difference(tree: Any, specs: Any) -> str:
-  """Names the first key path where ``tree`` and ``specs`` differ."""
-  keystr = jax.tree_util.keystr
-  # None counts as a leaf here, so that a None in one tree facing a spec (or
-  # nothing) in the other is named by its path.
-  paths = lambda t, is_leaf: [
-      p for p, _ in jax.tree_util.tree_flatten_with_path(t, is_leaf=is_leaf)[0]]
-  tree_paths = paths(tree, lambda x: x is None)
-  spec_paths = paths(specs, lambda x: x is None or isinstance(x, PartitionSpec))
-  tree_set, spec_set = set(tree_paths), set(spec_paths)
-  only_tree = [p for p in tree_paths if p not in spec_set]
-  only_specs = [p for p in spec_paths if p not in tree_set]
-  first = {"updates": keystr(only_tree[0]) if only_tree else None,
-           "partition_specs": keystr(only_specs[0]) if only_specs else None}
-  if any(first.values()) and first["updates"] != first["partition_specs"]:
-    return " and ".join(f"{who} have {path!r}" for who, path in first.items()
-                        if path) + " that the other tree lacks"
-  # The same paths (or paths that print alike, e.g. a list's [0] and a dict's
-  # 0 key): some container differs in type, e.g. a tuple against a list.
-  for path in tree_paths + spec_paths:
-    for depth in range(len(path)):  # the containers above the leaf
-      prefix = path[:depth]
-      try:
-        kinds = (type(_node(tree, prefix)), type(_node(specs, prefix)))
-      except (KeyError, IndexError, AttributeError, TypeError):
-        continue
-      if kinds[0] is not kinds[1]:
-        where = repr(keystr(prefix)) if prefix else "the root"
-        return (f"at {where} updates have a {kinds[0].__name__} where "
-                f"partition_specs have a {kinds[1].__name__}")
-  for path in tree_paths:  # a None (no leaf) facing a spec
-    try:
-      leaf, spec = _node(tree, path), _node(specs, path)
-    except (KeyError, IndexError, AttributeError, TypeError):
-      continue
-    if (leaf is None) != (spec is None):
-      leaf_text = "None" if leaf is None else f"a {type(leaf).__name__}"
-      return (f"at {keystr(path)!r} updates have {leaf_text} where "
-              f"partition_specs have {spec!r}")
-  return "their containers differ"
-
-
 def leaf_partition_specs(tree: Any, partition_specs: Any) -> list[PartitionSpec]:
-  """Flattens ``partition_specs`` against ``tree``, leaf for leaf.
+  """The ``PartitionSpec`` of each leaf of ``tree``, in ``jax.tree.leaves`` order.
+
+  ``partition_specs`` may be a prefix of ``tree``, as shard_map's ``in_specs``:
+  one spec stands for every leaf of the subtree it faces (one ``P()`` for a
+  whole replicated subtree).
 
   Raises:
-    ValueError: the two trees differ in structure (the message names the first
-      differing path) or a spec is not a ``PartitionSpec``.
+    ValueError: ``partition_specs`` is not a prefix of ``tree`` (JAX's message,
+      which names the key path and the types, follows ours) or one of its
+      leaves is not a ``PartitionSpec``.
   """
   is_spec = lambda x: isinstance(x, PartitionSpec)
-  specs, spec_def = jax.tree.flatten(partition_specs, is_leaf=is_spec)
-  tree_def = jax.tree.structure(tree)
-  if spec_def != tree_def:
-    raise ValueError(
-        "partition_specs must have the structure of the updates: "
-        f"{_first_difference(tree, partition_specs)}.")
-  for spec in specs:
+  for spec in jax.tree.leaves(partition_specs, is_leaf=is_spec):
     if not is_spec(spec):
       raise ValueError(
           f"partition_specs leaves must be PartitionSpec, got {spec!r}.")
-  return specs
+  try:
+    # A copy of each spec at every leaf of the subtree it faces.
+    broadcast = jax.tree.broadcast(partition_specs, tree, is_leaf=is_spec)
+  except ValueError as error:
+    raise ValueError(
+        "partition_specs must be a prefix of the updates' tree (as shard_map's "
+        f"in_specs): {error}") from error
+  return jax.tree.leaves(broadcast, is_leaf=is_spec)
 
 
 def check_params_layout(params: Any, partition_specs: Any) -> None:
@@ -237,8 +180,9 @@ def global_norm(
       gradients that are *whole* on each device, ``pmean`` them first and pass
       no axis.
     partition_specs: a pytree of ``jax.sharding.PartitionSpec`` with the
-      structure of ``tree`` (the shard_map ``in_specs`` of the leaves). Each
-      leaf is summed over the mesh axes its spec names; a leaf whose spec
+      structure of ``tree`` or a prefix of it, exactly as shard_map's
+      ``in_specs`` (one ``P()`` may stand for a whole replicated subtree).
+      Each leaf is summed over the mesh axes its spec names; a leaf whose spec
       names none is replicated and counted once. One ``psum`` per distinct
       set of axes. Mutually exclusive with ``axis_name``.
 
@@ -247,7 +191,7 @@ def global_norm(
 
   Raises:
     ValueError: both ``axis_name`` and ``partition_specs`` are given, or
-      ``partition_specs`` does not match the structure of ``tree``.
+      ``partition_specs`` is not a prefix of ``tree``'s structure.
 
   Examples:
     >>> import jax.numpy as jnp
