@@ -16,6 +16,7 @@ from stabledrl_jax._src.advantages import rloo_advantages
 from stabledrl_jax._src.clipping import ClipState
 from stabledrl_jax._src.clipping import conditional_clip
 from stabledrl_jax._src.clipping import unconditional_clip
+from stabledrl_jax._src.metrics import clip_metrics
 from stabledrl_jax._src.normalization import RunningStats
 from stabledrl_jax._src.normalization import init_running_stats
 from stabledrl_jax._src.normalization import normalize_rewards
@@ -39,6 +40,7 @@ __all__ = (
     "SkipSpikesState",
     "ZScoreClipState",
     "aggregate_loss",
+    "clip_metrics",
     "conditional_clip",
     "entropy_bonus",
     "gae_advantages",
