@@ -180,7 +180,7 @@ class _StepHook(hooks.TrainingHooks):
     self.by_update = {}
 
   def _record(self, train_ctx):
-    update = int(train_ctx.optimizer.step.value)
+    update = int(train_ctx.optimizer.step[...])
     if update == 0 or update in self.by_update:
       return
     params = jax.tree.leaves(nnx.state(train_ctx.model, nnx.Param))
