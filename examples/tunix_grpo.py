@@ -172,16 +172,20 @@ class _StepHook(hooks.TrainingHooks):
   """Reads our counters from the trainer's ``nnx.Optimizer``.
 
   tunix calls the hooks while the next step is already dispatched, so the
-  records are keyed by the optimizer's own update count.
+  records are keyed by the optimizer's own count of ``update`` calls (one per
+  micro-batch; with gradient accumulation tunix wraps the optimizer in
+  ``optax.MultiSteps``, which applies one update per ``accumulation`` calls).
   """
 
-  def __init__(self, bar):
+  def __init__(self, bar, accumulation: int):
     self.bar = bar
+    self.accumulation = accumulation
     self.by_update = {}
 
   def _record(self, train_ctx):
-    update = int(train_ctx.optimizer.step[...])
-    if update == 0 or update in self.by_update:
+    calls = int(train_ctx.optimizer.step[...])
+    update = calls // self.accumulation
+    if calls % self.accumulation or update == 0 or update in self.by_update:
       return
     params = jax.tree.leaves(nnx.state(train_ctx.model, nnx.Param))
     self.by_update[update] = {
@@ -244,6 +248,8 @@ def run(method: str, args, show_progress: bool = True) -> dict:
           actor_optimizer=make_optimizer(method, args),
           eval_every_n_steps=10**9,
           max_steps=args.steps,
+          mini_batch_size=args.batch_size if args.micro_batch_size else None,
+          train_micro_batch_size=args.micro_batch_size,
           metrics_logging_options=metrics_logger.MetricsLoggerOptions(
               log_dir=args.log_dir,
               backend_kwargs={"custom_backend": [lambda: recorder]}),
@@ -267,7 +273,8 @@ def run(method: str, args, show_progress: bool = True) -> dict:
   )
   bar = tqdm.tqdm(total=args.steps, desc=method, file=sys.stderr,
                   disable=not show_progress, dynamic_ncols=True)
-  hook = _StepHook(bar)
+  hook = _StepHook(bar, args.batch_size // (args.micro_batch_size
+                                            or args.batch_size))
   cluster.actor_trainer.with_training_hooks(hook)
   rng = np.random.default_rng(args.seed)
   dataset = [{"prompts": rng.choice(PROMPTS, args.batch_size)}
@@ -294,6 +301,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
   parser.add_argument("--steps", type=int, default=12)
   parser.add_argument("--batch-size", type=int, default=4,
                       help="prompts per step")
+  parser.add_argument("--micro-batch-size", type=int, default=None,
+                      help="prompts per micro-batch: tunix then accumulates "
+                      "batch-size / micro-batch-size gradients per step")
   parser.add_argument("--num-generations", type=int, default=4)
   parser.add_argument("--max-tokens", type=int, default=6)
   parser.add_argument("--num-layers", type=int, default=1)

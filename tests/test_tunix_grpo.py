@@ -89,3 +89,23 @@ def test_tunix_baseline_writes_nan_into_the_params(tmp_path):
   assert not steps[1]["params_finite"]
   assert math.isnan(steps[1]["tunix/grad_norm"])
   assert "tunix/learning_rate" not in steps[0]  # hidden behind EmptyState
+
+
+
+def test_tunix_cli_drops_max_grad_norm():
+  """tunix's CLI builds the optimizer from the keys optax's function takes:
+  a ``max_grad_norm`` key is dropped without a word (so clip in the
+  optimizer you pass, as the example does)."""
+  import jax.numpy as jnp
+  from tunix.cli import config as cli_config
+
+  hp = cli_config.HyperParameters.__new__(cli_config.HyperParameters)
+  hp.config = {"rl_training_config": {"actor_optimizer_config": {
+      "opt_type": "sgd", "learning_rate": 1.0, "max_grad_norm": 1.0}}}
+  tx = hp.create_optimizer("rl_training_config", "actor_optimizer_config")
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  assert "max_grad_norm" not in state.hyperparams
+  # A gradient of norm 500 comes out unclipped: sgd(1.0) gives -g.
+  updates, _ = tx.update({"w": jnp.array([300.0, 400.0])}, state, params)
+  np.testing.assert_array_equal(updates["w"], [-300.0, -400.0])
