@@ -63,9 +63,9 @@ Requires ``google-tunix`` (see the ``tunix`` extra in pyproject.toml).
 import argparse
 import collections
 import json
-import math
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Optional
 
@@ -101,7 +101,10 @@ def stabledrl_loss_fn(model, train_example, algo_config, pad_id, eos_id,
 
   Sequence log-likelihoods are the sums of the completion tokens' log-probs;
   each prompt's ``num_generations`` completions (contiguous in tunix's batch)
-  form one self-normalized group.
+  form one self-normalized group. With ``num_iterations=1`` (tunix's default)
+  tunix passes no old log-probs: the ratio is 1 and the weights are uniform
+  within a group; with ``num_iterations > 1`` the ratio cap and the
+  self-normalization act on the later iterations.
 
   Returns:
     ``(loss, aux)``; ``aux`` has the keys GRPOLearner logs (``kl`` = 0: no
@@ -319,7 +322,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
   parser.add_argument("--methods", default="tunix,stabledrl")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--log-dir", default=os.path.join(
-      os.environ.get("TMPDIR", "/tmp"), "tunix_grpo_logs"))
+      tempfile.gettempdir(), "tunix_grpo_logs"),
+                      help="tunix's metrics logger directory")
   parser.add_argument("--json-out", default=None)
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
