@@ -185,9 +185,10 @@ def test_conditional_equals_unconditional(nonfinite):
     chex.assert_trees_all_close(outs[0], outs[1], rtol=1e-6)
 
 
+# XLA:CPU flushes subnormal floats to zero, so they are left out here.
 finite_arrays = hnp.arrays(
     np.float32, hnp.array_shapes(min_dims=1, max_dims=2, max_side=6),
-    elements=st.floats(-1e3, 1e3, width=32))
+    elements=st.floats(-1e3, 1e3, width=32, allow_subnormal=False))
 
 
 @hypothesis.settings(max_examples=40, deadline=None)
