@@ -116,12 +116,14 @@ class StepMetrics(NamedTuple):
 
 
 def step_metrics(loss: jax.Array, accuracy: jax.Array, grads: Any,
-                 clip_state: Any, *,
+                 opt_state: Any, *,
                  partition_specs: Optional[Any] = None) -> StepMetrics:
-  """Reads the pre-clip norm from the ``ClipState`` (or computes it)."""
-  if isinstance(clip_state, stabledrl_jax.ClipState):
-    return StepMetrics(loss, accuracy, clip_state.global_norm,
-                       clip_state.num_clipped)
+  """Reads the pre-clip norm and clip count with
+  :func:`stabledrl_jax.clip_metrics` (without a clip: computes the norm)."""
+  clip = stabledrl_jax.clip_metrics(opt_state)
+  if clip:
+    return StepMetrics(loss, accuracy, clip["global_norm"],
+                       clip["num_clipped"])
   norm = stabledrl_jax.global_norm(grads, partition_specs=partition_specs)
   return StepMetrics(loss, accuracy, norm, jnp.zeros((), jnp.int32))
 

@@ -12,7 +12,9 @@ from a fixed random "teacher" network) on every local device with
    the replicated parameters.
 
 The clip's state (:class:`stabledrl_jax.ClipState`) carries the pre-clip
-global norm and a count of clipped steps; the loop prints them as it goes.
+global norm and a count of clipped steps; the loop reads them with
+:func:`stabledrl_jax.clip_metrics` (a flat dict, wherever the state sits in
+the optimizer) and prints them as it goes.
 On a CPU-only machine the script asks JAX for 8 CPU devices (unless you set a
 count yourself), so the data-parallel code path runs anywhere.
 
@@ -136,9 +138,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   sample = jax.jit(lambda key: make_batch(teacher, key, batch_size),
                    out_shardings=(batch_sharding, batch_sharding))
 
-  def clip_state(opt_state) -> sdrl.ClipState:
-    return opt_state[0]  # the first link of the chain
-
   first_loss = None
   window_start = 0
   clipped_before = 0
@@ -151,14 +150,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     if first_loss is None:
       first_loss = float(loss)
     if (step + 1) % args.log_every == 0 or last:
-      state = clip_state(opt_state)
-      clipped = int(state.num_clipped)
+      stats = sdrl.clip_metrics(opt_state)  # the ClipState's scalars, by name
+      clipped = int(stats["num_clipped"])
       rate = (clipped - clipped_before) / (step + 1 - window_start)
       line = (f"step {step + 1:5d}  loss {float(loss):.4f}  "
-              f"pre-clip norm {float(state.global_norm):.3f}  "
+              f"pre-clip norm {float(stats['global_norm']):.3f}  "
               f"clip rate {rate:.0%}")
       bar.set_postfix(loss=f"{float(loss):.3f}",
-                      norm=f"{float(state.global_norm):.2f}")
+                      norm=f"{float(stats['global_norm']):.2f}")
       tqdm.tqdm.write(line, file=sys.stdout)
       window_start, clipped_before = step + 1, clipped
 
@@ -166,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   eval_pred = nnx.merge(graphdef, jax.device_get(params))(eval_x)
   # Fraction of the targets' variance the model explains on fresh data.
   explained = float(1.0 - jnp.mean((eval_pred - eval_y) ** 2) / jnp.var(eval_y))
-  state = clip_state(opt_state)
+  stats = sdrl.clip_metrics(opt_state)
   elapsed = time.perf_counter() - start
   summary = {
       "steps": args.steps,
@@ -174,9 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       "first_loss": first_loss,
       "final_loss": float(loss),
       "explained_variance": explained,
-      "num_clipped": int(state.num_clipped),
-      "num_nonfinite": int(state.num_nonfinite),
-      "last_pre_clip_norm": float(state.global_norm),
+      "num_clipped": int(stats["num_clipped"]),
+      "num_nonfinite": int(stats["num_nonfinite"]),
+      "last_pre_clip_norm": float(stats["global_norm"]),
       "seconds": elapsed,
   }
   print(f"done: {args.steps} steps on {len(devices)} {devices[0].platform} "

@@ -16,8 +16,8 @@ Run::
 
   python examples/train_pmap.py --steps 200 --max-norm 0.5 --clip unconditional
 
-It shows a progress bar with the loss, the pre-clip gradient norm (read from
-``ClipState``) and the fraction of steps clipped so far, then one summary line.
+It shows a progress bar with the loss, the pre-clip gradient norm (read with
+``stabledrl_jax.clip_metrics``) and the fraction of steps clipped so far, then one summary line.
 """
 
 import argparse
@@ -60,7 +60,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation):
     loss, accuracy = jax.lax.pmean((loss, accuracy), AXIS)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = _common.step_metrics(loss, accuracy, grads, opt_state[0])
+    metrics = _common.step_metrics(loss, accuracy, grads, opt_state)
     return params, opt_state, metrics
 
   return step

@@ -119,7 +119,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
     (loss, accuracy), grads = grad_fn(graphdef, params, param_specs, x, y)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = _common.step_metrics(loss, accuracy, grads, opt_state[0],
+    metrics = _common.step_metrics(loss, accuracy, grads, opt_state,
                                    partition_specs=param_specs)
     return params, opt_state, metrics
 
