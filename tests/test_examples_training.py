@@ -22,6 +22,9 @@ from jax.sharding import PartitionSpec as P
 
 import stabledrl_jax
 
+# Runs the example and benchmark programs: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)

@@ -17,6 +17,9 @@ import pytest
 
 import stabledrl_jax as sdrl
 
+# Runs the example and benchmark programs: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))  # the examples' _common
 
