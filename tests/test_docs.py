@@ -62,12 +62,14 @@ def test_every_committed_figure_is_shown_on_a_docs_page():
 
 
 def python_programs():
-  """The ```python blocks of the docs pages that are whole programs."""
+  """The ```python blocks of the docs pages that are whole programs, less
+  those the README repeats (tests/test_readme.py runs them)."""
+  readme = (ROOT / "README.md").read_text()
   programs = []
   for page in PAGES:
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
     for i, block in enumerate(blocks):
-      if block.startswith(("import ", "from ")):
+      if block.startswith(("import ", "from ")) and block not in readme:
         programs.append(pytest.param(block, id=f"{page.stem}-{i}"))
   return programs
 
