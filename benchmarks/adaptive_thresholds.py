@@ -151,7 +151,7 @@ def main():
   nan_steps = steps[~finite]
   for s in nan_steps:
     top.axvline(s, color="0.3", ls=":", lw=0.8)
-  for name, (_, threshold, skipped) in results.items():
+  for name, (_, threshold, _) in results.items():
     shown = np.where(np.isfinite(threshold), threshold, np.nan)
     top.plot(steps, shown, color=colors[name], lw=1.3,
              label=f"{name} threshold")

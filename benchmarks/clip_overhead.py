@@ -59,9 +59,9 @@ if (jax.config.jax_num_cpu_devices == -1
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import optax  # pylint: disable=g-import-not-at-top
+import tqdm  # pylint: disable=g-import-not-at-top
 from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
 from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-import tqdm  # pylint: disable=g-import-not-at-top
 
 import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
 

@@ -31,11 +31,11 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import optax
+import tqdm
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-import tqdm
 
 import stabledrl_jax as sdrl
 

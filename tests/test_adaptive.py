@@ -554,6 +554,7 @@ def test_shard_map_matches_single_device_and_state_is_replicated(
   chex.assert_trees_all_close(state, ref_state, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_benchmark_script_draws_the_plot(tmp_path):
   script = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "benchmarks", "adaptive_thresholds.py")

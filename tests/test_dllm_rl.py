@@ -13,6 +13,9 @@ import pytest
 
 import stabledrl_jax
 
+# Runs the example and benchmark programs: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 

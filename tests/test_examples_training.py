@@ -22,6 +22,9 @@ from jax.sharding import PartitionSpec as P
 
 import stabledrl_jax
 
+# Runs the example and benchmark programs: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
@@ -224,7 +227,7 @@ def test_multihost_two_processes_match_one_process(tmp_path):
   result = run_multihost(tmp_path, "--steps", "3", "--max-norm", "0.05",
                          "--metrics-out", str(metrics_file))
   assert result.returncode == 0, result.stderr[-3000:]
-  lines = [l for l in result.stdout.splitlines() if l.strip()]
+  lines = [line for line in result.stdout.splitlines() if line.strip()]
   assert len(lines) == 1, result.stdout
   assert lines[0].startswith("multihost[unconditional, 2 processes x 2 "
                              "devices]: steps=3")

@@ -17,6 +17,9 @@ import pytest
 
 import stabledrl_jax as sdrl
 
+# Runs the example and benchmark programs: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))  # the examples' _common
 
@@ -63,7 +66,7 @@ def test_quickstart_trains_on_every_device_and_reports(capsys):
   # The last logged norm is the one the clip state holds at the end.
   np.testing.assert_allclose(
       float(logged[-1][2]), summary["last_pre_clip_norm"], rtol=1e-3)
-  summary_lines = [l for l in out.splitlines() if l.startswith("done:")]
+  summary_lines = [line for line in out.splitlines() if line.startswith("done:")]
   assert len(summary_lines) == 1
   assert "30 steps on 8" in summary_lines[0]
 
@@ -217,7 +220,7 @@ def test_benchmark_main_writes_the_tables(tmp_path, capsys):
                      "--out", str(out)])
   assert out.read_text() == text + "\n"
   assert capsys.readouterr().out.strip() == text.strip()
-  rows = [l for l in text.splitlines() if l.startswith("| ")]
+  rows = [line for line in text.splitlines() if line.startswith("| ")]
   names = [r.split("|")[1].strip() for r in rows]
   for name in bench.VARIANTS:
     assert name in names

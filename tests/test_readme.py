@@ -40,3 +40,10 @@ def test_every_public_name_has_a_runnable_example():
   missing = [name for name in stabledrl_jax.__all__
              if ">>>" not in (getattr(stabledrl_jax, name).__doc__ or "")]
   assert not missing
+
+
+def test_readme_is_short_and_links_the_guides():
+  assert len(README.splitlines()) <= 200
+  for page in ("clipping", "distributed", "adaptive", "objectives", "benchmarks",
+               "dllm_study", "api"):
+    assert f"(docs/{page}.md)" in README, page

@@ -1,0 +1,73 @@
+"""The package depends on what it imports, and CI tests the declared minimums."""
+
+import ast
+import pathlib
+import re
+import sys
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+RUNTIME = {"jax", "jaxlib", "optax", "numpy"}
+
+
+def requirement(spec):
+  """("jax", ">=", "0.6.1") from "jax>=0.6.1"."""
+  name, op, version = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(>=|==)\s*(\S+)", spec).groups()
+  return name.lower(), op, version
+
+
+def test_runtime_dependencies_are_jax_jaxlib_optax_numpy():
+  deps = [requirement(d) for d in PYPROJECT["project"]["dependencies"]]
+  assert {name for name, _, _ in deps} == RUNTIME
+  assert all(op == ">=" for _, op, _ in deps)
+
+
+def third_party_imports(folder):
+  """Top-level names of the modules imported anywhere in ``folder``'s files,
+  less the standard library, the package and the folder's own modules."""
+  imported = set()
+  for path in folder.rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        imported.update(alias.name.split(".")[0] for alias in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.level == 0:
+        imported.add(node.module.split(".")[0])
+  local = {p.stem for p in folder.iterdir()}
+  return imported - set(sys.stdlib_module_names) - {"stabledrl_jax"} - local
+
+
+def extra(name):
+  return {requirement(d)[0] for d in PYPROJECT["project"]["optional-dependencies"][name]}
+
+
+def test_the_package_imports_only_its_runtime_dependencies():
+  # jaxlib is jax's backend: a dependency without being imported by name.
+  assert third_party_imports(ROOT / "stabledrl_jax") == RUNTIME - {"jaxlib"}
+
+
+@pytest.mark.parametrize("folder, extra_name", [
+    ("examples", "examples"), ("benchmarks", "examples"), ("tests", "test")])
+def test_scripts_import_only_what_their_extra_installs(folder, extra_name):
+  assert third_party_imports(ROOT / folder) <= RUNTIME | extra(extra_name)
+
+
+def test_ci_installs_the_declared_minimum_versions():
+  pins = {}
+  for line in (ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines():
+    if line.strip() and not line.startswith("#"):
+      name, op, version = requirement(line)
+      assert op == "=="
+      pins[name] = version
+  for spec in PYPROJECT["project"]["dependencies"]:
+    name, _, minimum = requirement(spec)
+    assert pins.get(name) == minimum, name
+  assert "minimum-versions.txt" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_docs_and_lint_extras():
+  assert {"sphinx", "myst-parser"} <= extra("docs")
+  assert {"ruff", "mypy"} <= extra("lint")
