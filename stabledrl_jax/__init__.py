@@ -1,7 +1,8 @@
 """stabledrl_jax: stable reinforcement-learning fine-tuning for JAX and optax.
 
 Gradient-side clipping that is exact on any number of devices, and the
-StableDRL objective (unconditional ratio capping, self-normalized weights).
+StableDRL objective (unconditional ratio capping, self-normalized weights),
+and Monte Carlo likelihood estimators for masked-diffusion language models.
 """
 
 from stabledrl_jax._src.adaptive import QuantileClipState
@@ -16,6 +17,11 @@ from stabledrl_jax._src.advantages import rloo_advantages
 from stabledrl_jax._src.clipping import ClipState
 from stabledrl_jax._src.clipping import conditional_clip
 from stabledrl_jax._src.clipping import unconditional_clip
+from stabledrl_jax._src.diffusion import DiffusionMasks
+from stabledrl_jax._src.diffusion import diffusion_elbo
+from stabledrl_jax._src.diffusion import diffusion_eubo
+from stabledrl_jax._src.diffusion import sample_diffusion_masks
+from stabledrl_jax._src.diffusion import sandwich_logp
 from stabledrl_jax._src.normalization import RunningStats
 from stabledrl_jax._src.normalization import init_running_stats
 from stabledrl_jax._src.normalization import normalize_rewards
@@ -34,12 +40,15 @@ __version__ = "0.1.0"
 
 __all__ = (
     "ClipState",
+    "DiffusionMasks",
     "QuantileClipState",
     "RunningStats",
     "SkipSpikesState",
     "ZScoreClipState",
     "aggregate_loss",
     "conditional_clip",
+    "diffusion_elbo",
+    "diffusion_eubo",
     "entropy_bonus",
     "gae_advantages",
     "global_norm",
@@ -51,6 +60,8 @@ __all__ = (
     "normalize_rewards",
     "quantile_clip",
     "rloo_advantages",
+    "sample_diffusion_masks",
+    "sandwich_logp",
     "self_normalized_weights",
     "skip_spikes",
     "stabledrl_policy_loss",

@@ -52,19 +52,38 @@ def test_update_vector_features_and_mask():
   np.testing.assert_allclose(stats.var, var, rtol=1e-4)
 
 
-def test_fractional_mask_weights_match_weighted_numpy():
+def test_fractional_mask_selects_like_the_losses():
+  # A mask selects: any non-zero value keeps the value with weight 1, as the
+  # losses read masks (it is not a weight).
   rng = np.random.default_rng(2)
   x = rng.normal(1.0, 2.0, size=(12,)).astype(np.float32)
-  w = rng.uniform(0.0, 1.0, size=(12,)).astype(np.float32)
+  m = rng.uniform(0.0, 1.0, size=(12,)).astype(np.float32)
+  m[[1, 4, 7]] = 0.0
   stats = normalization.update_running_stats(
-      normalization.init_running_stats(), x[:5], mask=w[:5])
-  stats = normalization.update_running_stats(stats, x[5:], mask=w[5:])
-  mean = np.average(x.astype(np.float64), weights=w)
-  var = np.average((x - mean) ** 2, weights=w)
-  np.testing.assert_allclose(stats.count, w.astype(np.float64).sum(),
-                             rtol=1e-6)
-  np.testing.assert_allclose(stats.mean, mean, rtol=1e-5)
-  np.testing.assert_allclose(stats.var, var, rtol=1e-4)
+      normalization.init_running_stats(), x[:5], mask=m[:5])
+  stats = normalization.update_running_stats(stats, x[5:], mask=m[5:])
+  kept = x[m != 0].astype(np.float64)
+  np.testing.assert_allclose(stats.count, kept.size)
+  np.testing.assert_allclose(stats.mean, kept.mean(), rtol=1e-5)
+  np.testing.assert_allclose(stats.var, kept.var(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan])
+def test_negative_or_nan_mask_is_rejected(bad):
+  # A negative mask used as a weight gave a negative variance and NaN rewards.
+  mask = np.array([1.0, bad, 1.0], np.float32)
+  with pytest.raises(ValueError, match="mask.*negative"):
+    normalization.update_running_stats(
+        normalization.init_running_stats(), jnp.arange(3.0), mask=mask)
+
+
+def test_traced_negative_mask_counts_as_selected():
+  # Under jit the values cannot be checked; a non-zero entry selects.
+  update = jax.jit(normalization.update_running_stats)
+  stats = update(normalization.init_running_stats(), jnp.array([1.0, 3.0]),
+                 mask=jnp.array([-1.0, 1.0]))
+  np.testing.assert_allclose([stats.count, stats.mean, stats.var],
+                             [2.0, 2.0, 1.0])
 
 
 def test_update_drops_nonfinite_and_empty_batch_is_noop():

@@ -608,39 +608,79 @@ def test_entropy_bad_arguments():
     objectives.entropy_bonus(np.zeros((2, 3, 4)), np.ones((2, 2)))
 
 
+def np_verl_kl(logprob, ref_logprob, kl_penalty):
+  """verl's ``kl_penalty_forward`` (trainer/ppo/core_algos.py), in NumPy."""
+  logprob = np.asarray(logprob, np.float64)
+  ref_logprob = np.asarray(ref_logprob, np.float64)
+  if kl_penalty in ("kl", "k1"):
+    return logprob - ref_logprob
+  if kl_penalty in ("mse", "k2"):
+    return 0.5 * np.square(logprob - ref_logprob)
+  if kl_penalty in ("low_var_kl", "k3"):
+    kl = ref_logprob - logprob
+    kl = np.clip(kl, -20, 20)
+    ratio = np.exp(kl)
+    kld = ratio - kl - 1
+    return np.clip(kld, -10, 10)
+  raise NotImplementedError(kl_penalty)
+
+
+KL_LOGP = np.array([-1.0, -0.5, -3.0, 0.0, -50.0, 0.0, -100.0, 30.0, 2.0],
+                   np.float32)
+KL_REF = np.array([-1.0, -1.5, -0.5, -20.0, 0.0, 0.0, 0.0, 0.0, -0.3],
+                  np.float32)
+
+
 @pytest.mark.parametrize("kind", objectives.KL_KINDS)
-def test_kl_penalty_matches_numpy(kind):
-  logp = np.array([-1.0, -0.5, -3.0, 0.0, -50.0, 0.0], np.float32)
-  ref = np.array([-1.0, -1.5, -0.5, -20.0, 0.0, 0.0], np.float32)
-  d = np.clip(logp.astype(np.float64) - ref, -10.0, 10.0)
-  expected = {"k1": d, "k2": 0.5 * d * d, "k3": np.exp(-d) + d - 1}[kind]
-  out = objectives.kl_penalty(logp, ref, kind=kind)
-  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
+def test_kl_penalty_matches_verl(kind):
+  out = objectives.kl_penalty(KL_LOGP, KL_REF, kind=kind)
+  np.testing.assert_allclose(out, np_verl_kl(KL_LOGP, KL_REF, kind),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_kl_k3_delta_minus_100_costs_clamp_with_zero_gradient():
+  value, grad = jax.value_and_grad(
+      lambda x: objectives.kl_penalty(x, jnp.zeros(1))[0])(jnp.array([-100.0]))
+  assert float(value) == 10.0 and float(grad[0]) == 0.0
+  assert float(objectives.kl_penalty(
+      jnp.array([-100.0]), jnp.zeros(1), clamp=3.0)[0]) == 3.0
+
+
+def test_kl_k1_k2_are_not_clamped():
+  np.testing.assert_allclose(
+      objectives.kl_penalty(jnp.array([-100.0, 30.0]), jnp.zeros(2),
+                            kind="k1"), [-100.0, 30.0])
+  np.testing.assert_allclose(
+      objectives.kl_penalty(jnp.array([-100.0, 30.0]), jnp.zeros(2),
+                            kind="k2"), [5000.0, 450.0])
 
 
 @pytest.mark.parametrize("kind", objectives.KL_KINDS)
 def test_kl_penalty_gradient_matches_numpy(kind):
-  # d/dlogp of k1 = 1, k2 = δ, k3 = 1 − e^{−δ}; 0 where |δ| > clamp.
-  logp = np.array([-1.0, -0.5, -3.0, 0.0, -50.0, 12.0], np.float32)
-  ref = np.array([-1.0, -1.5, -0.5, -20.0, 0.0, 0.0], np.float32)
-  d = logp.astype(np.float64) - ref
-  inside = np.abs(d) < 10.0
-  expected = {"k1": np.ones_like(d), "k2": d, "k3": 1 - np.exp(-d)}[kind]
-  grad = jax.grad(lambda x: jnp.sum(objectives.kl_penalty(x, ref, kind=kind)))(
-      jnp.asarray(logp))
-  np.testing.assert_allclose(grad, np.where(inside, expected, 0.0), rtol=1e-5,
-                             atol=1e-7)
+  # d/dlogp of k1 = 1, k2 = δ, k3 = 1 − e^{−δ}; k3's is 0 where its value is
+  # clamped (k3 > 10) or δ is outside ±20.
+  d = KL_LOGP.astype(np.float64) - KL_REF
+  k3 = np.exp(-d) + d - 1
+  expected = {"k1": np.ones_like(d), "k2": d,
+              "k3": np.where((k3 < 10) & (np.abs(d) < 20), 1 - np.exp(-d),
+                             0.0)}[kind]
+  grad = jax.grad(lambda x: jnp.sum(objectives.kl_penalty(
+      x, KL_REF, kind=kind)))(jnp.asarray(KL_LOGP))
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_kl_k3_never_overflows_and_is_nonnegative():
   logp = jnp.array([-1e4, 1e4, 0.0, -88.0, 100.0])
   ref = jnp.zeros(5)
-  for clamp in (10.0, 50.0):
+  for clamp in (10.0, 50.0, None):
     out, grad = jax.value_and_grad(
         lambda x: jnp.sum(objectives.kl_penalty(x, ref, clamp=clamp)))(logp)
     chex.assert_tree_all_finite((out, grad))
     assert np.all(np.asarray(objectives.kl_penalty(logp, ref, clamp=clamp))
                   >= 0)
+  unclamped = objectives.kl_penalty(jnp.array([-100.0]), jnp.zeros(1),
+                                    clamp=None)
+  np.testing.assert_allclose(unclamped, [np.exp(20.0) - 21], rtol=1e-6)
 
 
 def test_kl_bad_arguments():

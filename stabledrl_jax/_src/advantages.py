@@ -1,7 +1,8 @@
 """Advantage estimators: group baselines (GRPO, RLOO) and GAE.
 
 Group estimators take ``[B]`` rewards laid out as contiguous groups of
-``group_size`` completions of the same prompt. Under ``axis_name`` the batch
+``group_size`` completions of the same prompt (or grouped by ``segment_ids``,
+as the losses accept). Under ``axis_name`` the batch
 is split over devices in order (device ``d`` holds rows ``d·B … (d+1)·B − 1``
 of the global batch, as with ``shard_map`` and ``P(axis_name)``); groups may
 then span devices and the statistics stay exact, since every group sum is
@@ -25,9 +26,9 @@ from stabledrl_jax._src import validation
 from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.reductions import float_dtype
 from stabledrl_jax._src.reductions import masked_total
+from stabledrl_jax._src.reductions import resolve_segments
 from stabledrl_jax._src.reductions import safe_divide
 from stabledrl_jax._src.reductions import segment_total
-from stabledrl_jax._src.validation import check_int
 from stabledrl_jax._src.validation import check_ndim
 from stabledrl_jax._src.validation import check_same_shape
 
@@ -37,25 +38,21 @@ ADVANTAGE_SCALES = ("group", "batch", "none")
 class _Groups:
   """Group ids of the local rows, and per-group counts, sums and means."""
 
-  def __init__(self, rewards: jax.Array, group_size: Any,
-               axis_name: Optional[AxisName]):
+  def __init__(self, rewards: jax.Array, group_size: Any, segment_ids: Any,
+               num_segments: Any, axis_name: Optional[AxisName]):
     check_ndim("rewards", rewards, 1)
-    check_int("group_size", group_size)
-    group_size = int(group_size)
-    local = rewards.shape[0]
-    if axis_name is None or axis_name == ():
-      devices, first_row = 1, 0
-    else:
-      devices = jax.lax.axis_size(axis_name)
-      first_row = jax.lax.axis_index(axis_name) * local
-    if (local * devices) % group_size:
+    if group_size is None and segment_ids is None:
       raise ValueError(
-          f"group_size must divide the global batch size {local * devices}, "
-          f"got group_size={group_size}.")
-    self.num_groups = local * devices // group_size
-    self.ids = (first_row + jnp.arange(local)) // group_size
+          "Give group_size (contiguous groups) or segment_ids with "
+          "num_segments; got neither.")
+    segments = resolve_segments(rewards, segment_ids, num_segments,
+                                group_size=group_size, axis_name=axis_name)
+    self.num_groups = segments.num
+    self.ids = segments.ids
     self.axis_name = axis_name
-    self.finite = jnp.isfinite(rewards)
+    # A reward outside every group (a traced out-of-range id) is treated as
+    # missing, like a non-finite one.
+    self.finite = jnp.isfinite(rewards) & segments.in_range
     self.rewards = jnp.where(self.finite, rewards.astype(float_dtype(rewards)),
                              0)
     self.count = self.total(self.finite.astype(self.rewards.dtype))
@@ -78,7 +75,9 @@ def _sample_std(sum_squares: jax.Array, count: jax.Array) -> jax.Array:
 def group_advantages(
     rewards: jax.typing.ArrayLike,
     *,
-    group_size: int,
+    group_size: Optional[int] = None,
+    segment_ids: Optional[jax.typing.ArrayLike] = None,
+    num_segments: Optional[int] = None,
     scale: str = "group",
     eps: Any = 1e-6,
     axis_name: Optional[AxisName] = None,
@@ -100,6 +99,10 @@ def group_advantages(
   Args:
     rewards: ``[B]`` local rewards, contiguous groups of ``group_size``.
     group_size: completions per prompt; must divide the global batch size.
+    segment_ids: instead of ``group_size``, ``[B]`` global group ids in
+      ``[0, num_segments)`` (any layout). Concrete ids outside that range
+      raise; traced ones make their reward count as missing (advantage 0).
+    num_segments: static number of groups; required with ``segment_ids``.
     scale: ``"group"``, ``"batch"`` or ``"none"``.
     eps: > 0, added to the standard deviation.
     axis_name: mapped axis name(s) the batch is split over, in order.
@@ -109,7 +112,10 @@ def group_advantages(
 
   Raises:
     ValueError: ``rewards`` not 1-D, ``group_size`` not a positive int or not
-      dividing the global batch, unknown ``scale``, ``eps`` not finite > 0.
+      dividing the global batch, both or neither of ``group_size`` and
+      ``segment_ids``, bad ``segment_ids``/``num_segments`` (see
+      :func:`self_normalized_weights`), unknown ``scale``, ``eps`` not finite
+      > 0.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -120,7 +126,8 @@ def group_advantages(
   """
   validation.check_choice("scale", scale, ADVANTAGE_SCALES)
   validation.check_positive("eps", eps)
-  groups = _Groups(jnp.asarray(rewards), group_size, axis_name)
+  groups = _Groups(jnp.asarray(rewards), group_size, segment_ids,
+                   num_segments, axis_name)
   centered = groups.centered()
   if scale == "none":
     return centered
@@ -138,7 +145,9 @@ def group_advantages(
 def rloo_advantages(
     rewards: jax.typing.ArrayLike,
     *,
-    group_size: int,
+    group_size: Optional[int] = None,
+    segment_ids: Optional[jax.typing.ArrayLike] = None,
+    num_segments: Optional[int] = None,
     axis_name: Optional[AxisName] = None,
 ) -> jax.Array:
   """REINFORCE leave-one-out advantages within each group.
@@ -150,6 +159,10 @@ def rloo_advantages(
   Args:
     rewards: ``[B]`` local rewards, contiguous groups of ``group_size``.
     group_size: completions per prompt; must divide the global batch size.
+    segment_ids: instead of ``group_size``, ``[B]`` global group ids in
+      ``[0, num_segments)`` (any layout). Concrete ids outside that range
+      raise; traced ones make their reward count as missing (advantage 0).
+    num_segments: static number of groups; required with ``segment_ids``.
     axis_name: mapped axis name(s) the batch is split over, in order.
 
   Returns:
@@ -157,7 +170,8 @@ def rloo_advantages(
 
   Raises:
     ValueError: ``rewards`` not 1-D, ``group_size`` not a positive int or not
-      dividing the global batch.
+      dividing the global batch, both or neither of ``group_size`` and
+      ``segment_ids``, bad ``segment_ids``/``num_segments``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -165,7 +179,8 @@ def rloo_advantages(
     >>> [round(float(x), 3) for x in a]  # e.g. 1 - (0 + 0 + 2) / 3
     [0.333, -1.0, -1.0, 1.667]
   """
-  groups = _Groups(jnp.asarray(rewards), group_size, axis_name)
+  groups = _Groups(jnp.asarray(rewards), group_size, segment_ids,
+                   num_segments, axis_name)
   count = groups.count[groups.ids]
   return groups.centered() * safe_divide(count, count - 1)
 

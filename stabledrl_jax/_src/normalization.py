@@ -24,14 +24,14 @@ from stabledrl_jax._src import validation
 from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.distributed import all_sum
 from stabledrl_jax._src.reductions import safe_divide
+from stabledrl_jax._src.reductions import valid_mask
 
 
 class RunningStats(NamedTuple):
   """Moments of every value seen so far, per feature.
 
   Attributes:
-    count: float32 scalar, the number of values merged (float so that it adds
-      exactly up to 2**24 and accepts fractional mask weights).
+    count: float32 scalar, the number of values merged (exact up to 2**24).
     mean: float32 ``shape`` array, their mean.
     var: float32 ``shape`` array, their population variance (1 while
       ``count`` is 0, so normalizing before any update is the identity).
@@ -83,8 +83,10 @@ def update_running_stats(
   Args:
     stats: the current :class:`RunningStats`, with ``mean.shape == S``.
     x: ``[*batch, *S]`` new values; the leading axes are the batch.
-    mask: optional ``batch``-shaped weights (1 keeps a value, 0 drops it).
-      A value with any non-finite feature is dropped too.
+    mask: optional ``batch``-shaped 0/1 (or bool) selection: a value is kept
+      where the mask is non-zero and dropped where it is 0 (a selection, not
+      a weight, as in the losses). A value with any non-finite feature is
+      dropped too.
     axis_name: mapped axis name(s) the batch is split over; the batch count,
       sum and centered sum of squares are ``psum``'d (two collectives), so
       every replica ends with the same state.
@@ -93,8 +95,9 @@ def update_running_stats(
     The updated :class:`RunningStats`; unchanged when the batch is empty.
 
   Raises:
-    ValueError: ``x``'s trailing shape is not ``stats.mean.shape``, or
-      ``mask``'s shape is not ``x``'s batch shape.
+    ValueError: ``x``'s trailing shape is not ``stats.mean.shape``,
+      ``mask``'s shape is not ``x``'s batch shape, or a concrete ``mask``
+      holds a negative or NaN value.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -111,25 +114,26 @@ def update_running_stats(
         f"x must have shape [*batch, *{feature_shape}], got shape {x.shape}.")
   batch_shape = x.shape[:batch_ndim]
   feature_axes = tuple(range(batch_ndim, x.ndim))
-  weight = jnp.ones(batch_shape, jnp.float32)
+  keep = jnp.ones(batch_shape, bool)
   if mask is not None:
     if jnp.shape(mask) != batch_shape:
       raise ValueError(
           f"mask must have the batch shape {batch_shape} of x, got shape "
           f"{jnp.shape(mask)}.")
-    weight = jnp.asarray(mask).astype(jnp.float32)
+    keep = valid_mask(mask, keep)
   # A value with any non-finite feature is dropped as a whole, so one scalar
   # count describes every feature.
-  weight = jnp.where(jnp.all(jnp.isfinite(x), axis=feature_axes), weight, 0)
-  expand = lambda w: w.reshape(batch_shape + (1,) * len(feature_shape))
-  x = jnp.where(expand(weight) != 0, x.astype(jnp.float32), 0)
+  keep = keep & jnp.all(jnp.isfinite(x), axis=feature_axes)
+  keep = keep.reshape(batch_shape + (1,) * len(feature_shape))
+  x = jnp.where(keep, x.astype(jnp.float32), 0)
 
   batch_axes = tuple(range(batch_ndim))
   count_b, sum_b = all_sum(
-      (jnp.sum(weight), jnp.sum(expand(weight) * x, batch_axes)), axis_name)
+      (jnp.sum(keep, dtype=jnp.float32), jnp.sum(x, batch_axes)), axis_name)
   mean_b = safe_divide(sum_b, count_b)
   m2_b = all_sum(
-      jnp.sum(expand(weight) * jnp.square(x - mean_b), batch_axes), axis_name)
+      jnp.sum(jnp.where(keep, jnp.square(x - mean_b), 0), batch_axes),
+      axis_name)
 
   count_a = stats.count
   count = count_a + count_b

@@ -47,6 +47,7 @@ def self_normalized_weights(
     log_ratio: jax.typing.ArrayLike,
     *,
     max_ratio: Any = 5.0,
+    group_size: Optional[int] = None,
     segment_ids: Optional[jax.typing.ArrayLike] = None,
     num_segments: Optional[int] = None,
     mask: Optional[jax.typing.ArrayLike] = None,
@@ -56,20 +57,30 @@ def self_normalized_weights(
 
   ``log_w = min(log_ratio, log(max_ratio))`` — an upper cap applied whatever
   the sign of the advantage — then a softmax of ``log_w`` within each segment
-  (e.g. a GRPO group), or over the whole batch when ``segment_ids`` is None.
+  (e.g. a GRPO group), or over the whole batch when no grouping is given.
   The weights carry no gradient. The softmax subtracts each segment's maximum
   before ``exp``, so log-ratios of ±1e4 give finite weights.
+
+  Group either with ``group_size`` (contiguous runs of the global batch, as
+  :func:`group_advantages` lays them out) or with ``segment_ids`` and
+  ``num_segments`` (any layout), or not at all.
 
   Args:
     log_ratio: ``[B]`` log importance ratios ``log π_θ(y) − log π_old(y)``.
     max_ratio: the cap ``C`` on the ratio; finite and > 0.
+    group_size: optional static int: rows ``[k·G, (k+1)·G)`` of the global
+      batch form segment ``k``; must divide the global batch size. Under
+      ``axis_name`` device ``d`` holds the ``d``-th block of rows (as
+      ``shard_map`` with ``P(axis_name)`` splits them).
     segment_ids: optional ``[B]`` int ids in ``[0, num_segments)``; ids are
-      global, so under ``axis_name`` a segment may span devices.
+      global, so under ``axis_name`` a segment may span devices. Concrete ids
+      outside that range raise; traced ones (under ``jit``) give their entry
+      weight 0, and it enters no normalizer.
     num_segments: static number of segments in the (global) batch; required
-      with ``segment_ids`` (ids must lie in ``[0, num_segments)``); None or 1
-      without.
-    mask: optional ``[B]``; entries where it is 0 get weight 0 and do not enter
-      any normalizer.
+      with ``segment_ids``; None or 1 without any grouping.
+    mask: optional ``[B]`` selection, 0/1 or bool (not a weight): entries where
+      it is 0 get weight 0 and do not enter any normalizer; a concrete
+      negative value raises.
     axis_name: mapped axis name(s) the batch is split over; the segment max is
       ``pmax``'d and the segment sum ``psum``'d.
 
@@ -81,8 +92,9 @@ def self_normalized_weights(
     ValueError: ``log_ratio`` is not 1-D; ``max_ratio`` is not finite and
       > 0; ``segment_ids``/``mask`` shapes differ from ``log_ratio``;
       ``num_segments`` missing, not a positive int, or other than 1 without
-      ``segment_ids``; concrete ``segment_ids`` outside
-      ``[0, num_segments)``.
+      grouping; ``group_size`` not a positive int dividing the global batch,
+      or given with ``segment_ids``; concrete ``segment_ids`` outside
+      ``[0, num_segments)``; a concrete negative ``mask`` value.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -92,6 +104,9 @@ def self_normalized_weights(
     >>> self_normalized_weights(jnp.zeros(4), segment_ids=jnp.array([0, 0, 1, 1]),
     ...                         num_segments=2, mask=jnp.array([1, 1, 1, 0]))
     Array([0.5, 0.5, 1. , 0. ], dtype=float32)
+    >>> self_normalized_weights(jnp.zeros(4), group_size=2,
+    ...                         mask=jnp.array([1, 1, 1, 0]))
+    Array([0.5, 0.5, 1. , 0. ], dtype=float32)
 
   References:
     Zhong et al., `Stabilizing Reinforcement Learning for Diffusion Language
@@ -100,10 +115,11 @@ def self_normalized_weights(
   log_ratio = jnp.asarray(log_ratio)
   check_ndim("log_ratio", log_ratio, 1)
   validation.check_positive("max_ratio", max_ratio)
-  segment_ids, num_segments = resolve_segments(
-      log_ratio, segment_ids, num_segments)
-  valid = valid_mask(mask, log_ratio)
+  segments = resolve_segments(log_ratio, segment_ids, num_segments,
+                              group_size=group_size, axis_name=axis_name)
+  valid = valid_mask(mask, log_ratio) & segments.in_range
   dtype = float_dtype(log_ratio)
+  segment_ids, num_segments = segments.ids, segments.num
 
   cap = jnp.log(jnp.asarray(max_ratio, dtype))
   log_w = jnp.minimum(jax.lax.stop_gradient(log_ratio).astype(dtype), cap)
@@ -121,7 +137,9 @@ def stabledrl_policy_loss(
     old_seq_logp: jax.typing.ArrayLike,
     advantages: jax.typing.ArrayLike,
     *,
+    ratio_logp: Optional[jax.typing.ArrayLike] = None,
     max_ratio: Any = 5.0,
+    group_size: Optional[int] = None,
     segment_ids: Optional[jax.typing.ArrayLike] = None,
     num_segments: Optional[int] = None,
     mask: Optional[jax.typing.ArrayLike] = None,
@@ -130,22 +148,36 @@ def stabledrl_policy_loss(
   """StableDRL's policy loss: capped, self-normalized importance weights.
 
   ``loss = −Σ_i w̄_i A_i seq_logp_i / num_segments`` with ``w̄`` from
-  :func:`self_normalized_weights` applied to ``seq_logp − old_seq_logp``. The
-  weights carry no gradient, so ``∇loss = −Σ_i w̄_i A_i ∇seq_logp_i / G``:
-  within each segment a convex combination of per-sample gradients, whose norm
-  is at most ``max_i |A_i| ‖∇seq_logp_i‖`` however noisy the ratios.
+  :func:`self_normalized_weights` applied to the stop-gradient log-ratio
+  ``(ratio_logp if given else seq_logp) − old_seq_logp``. The weights carry no
+  gradient, so ``∇loss = −Σ_i w̄_i A_i ∇seq_logp_i / G``: within each segment
+  a convex combination of per-sample gradients, whose norm is at most
+  ``max_i |A_i| ‖∇seq_logp_i‖`` however noisy the ratios.
+
+  For a diffusion LM the StableDRL reference weighs with the ELBO ratio but
+  sends the gradient through the SPG sandwich bound; that is
+  ``stabledrl_policy_loss(sandwich_logp(elbo, eubo, A), old_elbo, A,
+  ratio_logp=elbo, group_size=G)`` (see :func:`sandwich_logp`).
 
   Args:
     seq_logp: ``[B]`` sequence log-likelihoods under the current policy (for a
       diffusion LM, e.g. an ELBO estimate); the gradient flows through these.
     old_seq_logp: ``[B]`` the same under the policy that sampled the batch.
     advantages: ``[B]`` advantages (e.g. from :func:`group_advantages`).
+    ratio_logp: optional ``[B]`` current log-likelihoods that define the
+      importance ratio in place of ``seq_logp`` (no gradient flows through
+      them); e.g. the ELBO when ``seq_logp`` is the sandwich bound.
     max_ratio: ratio cap ``C``; finite and > 0 (the reference code uses 5).
+    group_size: optional static int, contiguous groups of the global batch
+      (see :func:`self_normalized_weights`); the loss is divided by the
+      number of groups.
     segment_ids: optional ``[B]`` global group ids; weights are normalized
-      within each group. None: one segment, the whole (global) batch.
+      within each group. With neither this nor ``group_size``: one segment,
+      the whole (global) batch.
     num_segments: number of groups ``G`` in the global batch; required with
-      ``segment_ids``. The loss is divided by it (by 1 when there are no ids).
-    mask: optional ``[B]``; masked sequences contribute 0 (even if NaN).
+      ``segment_ids``. The loss is divided by it (by 1 without grouping).
+    mask: optional ``[B]`` 0/1 (or bool) selection; masked sequences
+      contribute 0 (even if NaN).
     axis_name: mapped axis name(s) the batch is split over. The loss and the
       metrics are then global (the same on every device).
 
@@ -177,6 +209,10 @@ def stabledrl_policy_loss(
     >>> # −w̄·A/G: w̄ = softmax(0, 0.5) in group 0, softmax(0, log 5) in group 1.
     >>> [round(float(g), 4) for g in grad]
     [-0.1888, 0.3112, -0.0417, 0.2083]
+    >>> # Weights from another estimate: ratios 1 and 1 give w̄ = 1/2 each.
+    >>> float(stabledrl_policy_loss(seq_logp[:2], old[:2], adv[:2],
+    ...                             ratio_logp=old[:2])[0])  # −(−3 + 2) / 2
+    0.5
 
   References:
     Zhong et al., `Stabilizing Reinforcement Learning for Diffusion Language
@@ -186,15 +222,20 @@ def stabledrl_policy_loss(
   check_ndim("seq_logp", seq_logp, 1)
   check_same_shape("old_seq_logp", old_seq_logp, "seq_logp", seq_logp)
   check_same_shape("advantages", advantages, "seq_logp", seq_logp)
-  valid = valid_mask(mask, seq_logp)
+  if ratio_logp is None:
+    ratio_logp = seq_logp
+  check_same_shape("ratio_logp", ratio_logp, "seq_logp", seq_logp)
+  segments = resolve_segments(seq_logp, segment_ids, num_segments,
+                              group_size=group_size, axis_name=axis_name)
+  valid = valid_mask(mask, seq_logp) & segments.in_range
+  segment_ids, num_segments = segments.ids, segments.num
   dtype = float_dtype(seq_logp)
   log_ratio = jax.lax.stop_gradient(
-      seq_logp.astype(dtype) - jnp.asarray(old_seq_logp).astype(dtype))
+      jnp.asarray(ratio_logp).astype(dtype)
+      - jnp.asarray(old_seq_logp).astype(dtype))
   weights = self_normalized_weights(
       log_ratio, max_ratio=max_ratio, segment_ids=segment_ids,
       num_segments=num_segments, mask=valid, axis_name=axis_name)
-  segment_ids, num_segments = resolve_segments(
-      seq_logp, segment_ids, num_segments)
 
   # Zero masked inputs before multiplying, so a NaN there cannot reach the
   # gradient through the unselected branch of a where.
@@ -257,7 +298,9 @@ def aggregate_loss(
   Args:
     values: ``[B, T]`` per-token values; entries where ``mask`` is 0 are
       ignored, even if NaN.
-    mask: ``[B, T]``, 1 for a real token.
+    mask: ``[B, T]`` 0/1 (or bool) selection, 1 for a real token (a
+      selection, not a weight: any non-zero value counts as 1; a concrete
+      negative value raises).
     loss_agg: one of the four modes above.
     axis_name: mapped axis name(s) the batch (rows) is split over.
 
@@ -305,7 +348,7 @@ def grpo_policy_loss(
     logp: jax.typing.ArrayLike,
     old_logp: jax.typing.ArrayLike,
     advantages: jax.typing.ArrayLike,
-    mask: jax.typing.ArrayLike,
+    mask: Optional[jax.typing.ArrayLike] = None,
     *,
     eps_low: Any = 0.2,
     eps_high: Any = 0.2,
@@ -329,11 +372,20 @@ def grpo_policy_loss(
   ``t`` is that of ``logp_t`` scaled by ``exp(s_b)`` (GSPO-token form, equal
   to GSPO when advantages are per sequence).
 
+  Sequence-level inputs are accepted too: ``logp``, ``old_logp`` and
+  ``advantages`` of shape ``[B]`` (e.g. diffusion-LM ELBO estimates, see
+  :func:`diffusion_elbo`) are treated as ``B`` sequences of one token each,
+  so every ``loss_agg`` mode averages over the selected sequences except
+  ``"seq-mean-token-sum-norm"``, which divides by the global ``B``.
+
   Args:
-    logp: ``[B, T]`` log-probabilities of the sampled tokens, current policy.
-    old_logp: ``[B, T]`` the same under the sampling policy (no gradient).
+    logp: ``[B, T]`` log-probabilities of the sampled tokens, current policy;
+      or ``[B]`` sequence log-likelihoods.
+    old_logp: the same under the sampling policy (no gradient).
     advantages: ``[B]`` (broadcast over tokens) or ``[B, T]``.
-    mask: ``[B, T]``, 1 for a real token; padding contributes 0 even if NaN.
+    mask: optional 0/1 (or bool) selection of ``logp``'s shape, 1 for a real
+      token; padding contributes 0 even if NaN. None selects everything. A
+      concrete negative value raises.
     eps_low: lower clip ``1 − eps_low``; in ``[0, 1)``.
     eps_high: upper clip ``1 + eps_high``; ≥ 0 (DAPO's clip-higher uses
       ``eps_high > eps_low``).
@@ -353,8 +405,9 @@ def grpo_policy_loss(
     log-ratio).
 
   Raises:
-    ValueError: shapes differ, ``eps_low`` outside ``[0, 1)``, ``eps_high``
-      < 0, ``dual_clip`` ≤ 1, unknown ``ratio_level`` or ``loss_agg``.
+    ValueError: ``logp`` neither 1-D nor 2-D, shapes differ, ``eps_low``
+      outside ``[0, 1)``, ``eps_high`` < 0, ``dual_clip`` ≤ 1, unknown
+      ``ratio_level`` or ``loss_agg``, a concrete negative ``mask`` value.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -367,6 +420,11 @@ def grpo_policy_loss(
     ...                            jnp.ones((1, 2)), dual_clip=1.5)
     >>> float(loss), float(m["dual_clip_fraction"])  # (1.5 + 1) / 2
     (1.25, 0.5)
+    >>> # Sequence level: ratios 2 and 1 with A = 1: clipped to 1.2, then mean.
+    >>> loss, _ = grpo_policy_loss(jnp.log(jnp.array([2.0, 1.0])), jnp.zeros(2),
+    ...                            jnp.ones(2))
+    >>> round(float(loss), 4)  # −(1.2 + 1) / 2
+    -1.1
 
   References:
     Schulman et al., `Proximal Policy Optimization Algorithms
@@ -386,10 +444,17 @@ def grpo_policy_loss(
   validation.check_choice("ratio_level", ratio_level, RATIO_LEVELS)
   validation.check_choice("loss_agg", loss_agg, LOSS_AGGREGATIONS)
   logp = jnp.asarray(logp)
-  check_ndim("logp", logp, 2)
+  if logp.ndim not in (1, 2):
+    raise ValueError(
+        f"logp must have shape [B, T] (tokens) or [B] (sequences), got shape "
+        f"{logp.shape}.")
   check_same_shape("old_logp", old_logp, "logp", logp)
-  check_same_shape("mask", mask, "logp", logp)
+  valid = valid_mask(mask, logp)
   advantages = jnp.asarray(advantages)
+  if logp.ndim == 1:
+    check_same_shape("advantages", advantages, "logp", logp)
+    logp, old_logp = logp[:, None], jnp.asarray(old_logp)[:, None]
+    advantages, valid = advantages[:, None], valid[:, None]
   if advantages.shape not in (logp.shape[:1], logp.shape):
     raise ValueError(
         f"advantages must have shape {logp.shape[:1]} or {logp.shape}, got "
@@ -397,7 +462,6 @@ def grpo_policy_loss(
   if advantages.ndim == 1:
     advantages = jnp.broadcast_to(advantages[:, None], logp.shape)
 
-  valid = jnp.asarray(mask) != 0
   dtype = float_dtype(logp)
   logp = jnp.where(valid, logp.astype(dtype), 0)
   old_logp = jnp.where(valid, jnp.asarray(old_logp).astype(dtype), 0)
@@ -465,7 +529,7 @@ def value_loss(
     values: ``[B, T]`` value predictions (the gradient flows through these).
     old_values: ``[B, T]`` predictions of the policy that collected the batch.
     returns: ``[B, T]`` regression targets.
-    mask: ``[B, T]``, 1 for a real token.
+    mask: ``[B, T]`` 0/1 (or bool) selection, 1 for a real token.
     clip_range: None, or ``c > 0``.
     loss_agg: see :func:`aggregate_loss`.
     axis_name: mapped axis name(s) the batch is split over.
@@ -491,8 +555,7 @@ def value_loss(
   check_ndim("values", values, 2)
   check_same_shape("old_values", old_values, "values", values)
   check_same_shape("returns", returns, "values", values)
-  check_same_shape("mask", mask, "values", values)
-  valid = jnp.asarray(mask) != 0
+  valid = valid_mask(mask, values)
   dtype = float_dtype(values)
   v = jnp.where(valid, values.astype(dtype), 0)
   old = jnp.where(valid, jnp.asarray(old_values).astype(dtype), 0)
@@ -520,7 +583,7 @@ def entropy_bonus(
 
   Args:
     logits: ``[B, T, V]`` unnormalized log-probabilities.
-    mask: ``[B, T]``, 1 for a real token.
+    mask: ``[B, T]`` 0/1 (or bool) selection, 1 for a real token.
     loss_agg: see :func:`aggregate_loss`.
     axis_name: mapped axis name(s) the batch is split over.
 
@@ -538,8 +601,7 @@ def entropy_bonus(
   """
   logits = jnp.asarray(logits)
   check_ndim("logits", logits, 3)
-  check_same_shape("mask", mask, "logits[..., 0]", logits[..., 0])
-  valid = jnp.asarray(mask) != 0
+  valid = valid_mask(mask, logits[..., 0])
   # Padding positions get zero logits, so a NaN there reaches neither the
   # value nor the gradient.
   logits = jnp.where(valid[..., None], logits.astype(float_dtype(logits)), 0)
@@ -556,47 +618,61 @@ def kl_penalty(
     ref_logp: jax.typing.ArrayLike,
     *,
     kind: str = "k3",
-    clamp: Any = 10.0,
+    clamp: Optional[Any] = 10.0,
 ) -> jax.Array:
   """Per-token estimates of KL(π_θ ‖ π_ref) from sampled-token log-probs.
 
-  With ``δ = clip(logp − ref_logp, −clamp, clamp)``: ``k1 = δ``,
-  ``k2 = ½ δ²``, ``k3 = e^{−δ} + δ − 1`` (non-negative, low variance). The
-  clamp keeps ``e^{−δ}`` finite, so ``k3`` never overflows; outside it the
-  gradient is 0. Reduce the result with :func:`aggregate_loss`.
+  With ``δ = logp − ref_logp``: ``k1 = δ`` and ``k2 = ½ δ²``, unclamped;
+  ``k3 = e^{−δ} + δ − 1`` (non-negative, low variance) is evaluated at
+  ``δ`` clipped to ``[−20, 20]`` (so ``e^{−δ}`` stays finite) and its *value*
+  is then clipped to ``[−clamp, clamp]``: a token with ``δ = −100`` costs
+  ``clamp`` (10 by default) with zero gradient, not ``e^{100}``. These are
+  verl's ``"k1"``, ``"k2"`` and ``"low_var_kl"`` estimators. Reduce the result
+  with :func:`aggregate_loss`.
 
   Args:
     logp: log-probabilities under the current policy (any shape).
     ref_logp: the same under the reference policy.
     kind: ``"k1"``, ``"k2"`` or ``"k3"``.
-    clamp: finite bound > 0 on ``|δ|``.
+    clamp: bound on the ``k3`` value, finite and > 0, or None for no bound
+      (``k3`` then reaches ``e^{20} − 21 ≈ 4.9e8`` at most). Ignored by
+      ``k1`` and ``k2``.
 
   Returns:
     An array of ``logp``'s shape (float32 or wider).
 
   Raises:
-    ValueError: shapes differ, unknown ``kind``, ``clamp`` not finite > 0.
+    ValueError: shapes differ, unknown ``kind``, ``clamp`` neither None nor
+      finite > 0.
 
   Examples:
     >>> import jax.numpy as jnp
     >>> kl_penalty(jnp.array([0.0, 1.0]), jnp.array([0.0, 0.0]), kind="k2")
     Array([0. , 0.5], dtype=float32)
-    >>> float(kl_penalty(jnp.array([-1e4]), jnp.array([0.0]))[0])  # e^10 - 11
-    22015.46...
+    >>> float(kl_penalty(jnp.array([-100.0]), jnp.array([0.0]))[0])
+    10.0
+    >>> round(float(kl_penalty(jnp.array([-1.0]), jnp.array([0.0]))[0]), 4)
+    0.7183
+    >>> float(kl_penalty(jnp.array([-100.0]), jnp.array([0.0]), kind="k1")[0])
+    -100.0
 
   References:
     Schulman, `Approximating KL Divergence
     <http://joschu.net/blog/kl-approx.html>`_, 2020.
   """
   validation.check_choice("kind", kind, KL_KINDS)
-  validation.check_positive("clamp", clamp)
+  if clamp is not None:
+    validation.check_positive("clamp", clamp)
   logp = jnp.asarray(logp)
   check_same_shape("ref_logp", ref_logp, "logp", logp)
   dtype = float_dtype(logp)
   delta = logp.astype(dtype) - jnp.asarray(ref_logp).astype(dtype)
-  delta = jnp.clip(delta, -clamp, clamp)
   if kind == "k1":
     return delta
   if kind == "k2":
     return 0.5 * jnp.square(delta)
-  return jnp.expm1(-delta) + delta
+  delta = jnp.clip(delta, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+  k3 = jnp.expm1(-delta) + delta
+  if clamp is not None:
+    k3 = jnp.clip(k3, -clamp, clamp)
+  return k3

@@ -6,16 +6,17 @@ maxima through :func:`~stabledrl_jax._src.distributed.all_max`, so with an
 objectives, the advantages and the running statistics.
 """
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.distributed import all_max
 from stabledrl_jax._src.distributed import all_sum
 from stabledrl_jax._src.validation import check_int
+from stabledrl_jax._src.validation import check_selection_mask
+from stabledrl_jax._src.validation import concrete_array
 from stabledrl_jax._src.validation import check_same_shape
 
 
@@ -24,11 +25,16 @@ def float_dtype(x: jax.Array) -> jnp.dtype:
   return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
-def valid_mask(mask: Any, like: jax.Array) -> jax.Array:
-  """``mask`` as booleans (all True when None), checked against ``like``."""
+def valid_mask(mask: Any, like: jax.Array, name: str = "mask") -> jax.Array:
+  """``mask`` as booleans (all True when None), checked against ``like``.
+
+  Masks select (non-zero or True: use the entry); a concrete negative or NaN
+  value raises ``ValueError``.
+  """
   if mask is None:
     return jnp.ones(jnp.shape(like), bool)
-  check_same_shape("mask", mask, "the values", like)
+  check_same_shape(name, mask, "the values", like)
+  check_selection_mask(name, mask)
   return jnp.asarray(mask) != 0
 
 
@@ -61,17 +67,64 @@ def segment_peak(x: jax.Array, segment_ids: jax.Array, num_segments: int,
   return all_max(jax.ops.segment_max(x, segment_ids, num_segments), axis_name)
 
 
-def resolve_segments(values: jax.Array, segment_ids: Any,
-                     num_segments: Any) -> tuple[jax.Array, int]:
-  """Checks segment arguments; no ``segment_ids`` means one segment."""
+class Segments(NamedTuple):
+  """Resolved grouping of a ``[B]`` batch.
+
+  Attributes:
+    ids: ``[B]`` int32 segment of each local entry, in ``[0, num)``.
+    num: static number of segments in the global batch.
+    in_range: ``[B]`` bool, False where a (traced) id was outside
+      ``[0, num)``; such entries belong to no segment and must be masked.
+  """
+  ids: jax.Array
+  num: int
+  in_range: jax.Array
+
+
+def resolve_segments(values: jax.Array, segment_ids: Any = None,
+                     num_segments: Any = None, *, group_size: Any = None,
+                     axis_name: Optional[AxisName] = None) -> Segments:
+  """Checks grouping arguments and returns the segment of every entry.
+
+  Exactly one way of grouping, or none: ``group_size`` (contiguous runs of the
+  global batch, which under ``axis_name`` is split over devices in order),
+  ``segment_ids`` with ``num_segments``, or neither (one segment).
+  """
+  shape = jnp.shape(values)
+  if group_size is not None:
+    if segment_ids is not None:
+      raise ValueError(
+          "Give group_size or segment_ids, not both; got group_size="
+          f"{group_size!r} and segment_ids.")
+    check_int("group_size", group_size)
+    local = shape[0]
+    if axis_name is None or axis_name == ():
+      devices, first_row = 1, 0
+    else:
+      devices = jax.lax.axis_size(axis_name)
+      first_row = jax.lax.axis_index(axis_name) * local
+    if (local * devices) % group_size:
+      raise ValueError(
+          f"group_size must divide the global batch size {local * devices}, "
+          f"got group_size={group_size}.")
+    num = local * devices // int(group_size)
+    if num_segments is not None and num_segments != num:
+      raise ValueError(
+          f"num_segments={num_segments!r} contradicts group_size={group_size} "
+          f"(the global batch of {local * devices} holds {num} groups); give "
+          "one of them.")
+    ids = (first_row + jnp.arange(local)) // int(group_size)
+    ids = ids.astype(jnp.int32)
+    return Segments(ids, num, jnp.ones(shape, bool))
   if segment_ids is None:
     if num_segments is not None:
       check_int("num_segments", num_segments)
       if num_segments != 1:
         raise ValueError(
-            "Without segment_ids the batch is one segment: num_segments must "
-            f"be None or 1, got num_segments={num_segments!r}.")
-    return jnp.zeros(jnp.shape(values), jnp.int32), 1
+            "Without segment_ids or group_size the batch is one segment: "
+            f"num_segments must be None or 1, got num_segments="
+            f"{num_segments!r}.")
+    return Segments(jnp.zeros(shape, jnp.int32), 1, jnp.ones(shape, bool))
   if num_segments is None:
     raise ValueError(
         "num_segments is required when segment_ids is given (a static int, "
@@ -82,13 +135,14 @@ def resolve_segments(values: jax.Array, segment_ids: Any,
     raise ValueError(
         "segment_ids must be integers, got dtype "
         f"{jnp.result_type(segment_ids)}.")
-  if (not isinstance(segment_ids, jax.core.Tracer)
-      and getattr(segment_ids, "is_fully_addressable", True)):
-    # Ids known on this host are checked (traced ones cannot be): an id
-    # outside [0, num_segments) would silently drop its entry from every sum.
-    ids = np.asarray(segment_ids)
-    if ids.size and (ids.min() < 0 or ids.max() >= num_segments):
-      raise ValueError(
-          f"segment_ids must lie in [0, num_segments={num_segments}), got "
-          f"values from {ids.min()} to {ids.max()}.")
-  return jnp.asarray(segment_ids).astype(jnp.int32), int(num_segments)
+  ids = concrete_array(segment_ids)
+  # Ids known on this host are checked; traced ones cannot be, and an id
+  # outside [0, num_segments) then marks its entry as belonging nowhere.
+  if ids is not None and ids.size and (
+      ids.min() < 0 or ids.max() >= num_segments):
+    raise ValueError(
+        f"segment_ids must lie in [0, num_segments={num_segments}), got "
+        f"values from {ids.min()} to {ids.max()}.")
+  ids = jnp.asarray(segment_ids).astype(jnp.int32)
+  in_range = (ids >= 0) & (ids < num_segments)
+  return Segments(jnp.where(in_range, ids, 0), int(num_segments), in_range)

@@ -56,6 +56,39 @@ def check_positive(name: str, value: Any, *, float32: bool = False) -> None:
           f"subnormal), got {value!r} (float32: {rounded!r}).")
 
 
+def concrete_array(value: Any) -> Optional[np.ndarray]:
+  """``value`` as a NumPy array when it is known on this host, else None.
+
+  Tracers (inside ``jit``, ``vmap``, ``shard_map``) and arrays spread over
+  other processes cannot be read without a sync, so they are not checked.
+  """
+  if isinstance(value, jax.core.Tracer) or not getattr(
+      value, "is_fully_addressable", True):
+    return None
+  return np.asarray(value)
+
+
+def check_selection_mask(name: str, mask: Any) -> None:
+  """Raises if a concrete ``mask`` holds a negative or NaN value.
+
+  Masks select: an entry is used where the mask is non-zero (or True) and
+  ignored where it is 0 (or False); they are never weights. A negative value
+  is almost always a weight passed by mistake, so it is rejected when it can
+  be seen (not under ``jit``).
+  """
+  array = concrete_array(mask)
+  if array is None or array.dtype == bool or array.size == 0:
+    return
+  if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+    raise ValueError(f"{name} must be bool or real 0/1 values, got dtype "
+                     f"{array.dtype}.")
+  bad = ~(array >= 0)
+  if bad.any():
+    raise ValueError(
+        f"{name} selects entries (0/1 or bool) and must not be negative or "
+        f"NaN, got {array[bad].flat[0]!r}.")
+
+
 def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
   """Raises unless ``value`` is one of ``choices``."""
   if value not in choices:
