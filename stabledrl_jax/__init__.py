@@ -22,6 +22,7 @@ from stabledrl_jax._src.diffusion import diffusion_elbo
 from stabledrl_jax._src.diffusion import diffusion_eubo
 from stabledrl_jax._src.diffusion import sample_diffusion_masks
 from stabledrl_jax._src.diffusion import sandwich_logp
+from stabledrl_jax._src.metrics import clip_metrics
 from stabledrl_jax._src.normalization import RunningStats
 from stabledrl_jax._src.normalization import init_running_stats
 from stabledrl_jax._src.normalization import normalize_rewards
@@ -46,6 +47,7 @@ __all__ = (
     "SkipSpikesState",
     "ZScoreClipState",
     "aggregate_loss",
+    "clip_metrics",
     "conditional_clip",
     "diffusion_elbo",
     "diffusion_eubo",
