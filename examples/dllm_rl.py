@@ -9,15 +9,18 @@ is still far from solved, then fine-tuned by RL with group sampling:
   confidence-based unmasking with temperature sampling;
 * reward: the fraction of completion positions equal to the sorted prompt;
 * advantages: :func:`stabledrl_jax.group_advantages` (group mean and std);
-* sequence log-likelihoods: the masked-diffusion ELBO estimated with a few
-  Monte Carlo masks (``--num-mc``), the noisy estimate a real diffusion LM
-  has to use; the importance log-ratio is ``ELBO_new - ELBO_old``;
+* sequence log-likelihoods: the masked-diffusion ELBO
+  (:func:`stabledrl_jax.diffusion_elbo`) estimated with a few Monte Carlo
+  masks (``--num-mc``, :func:`stabledrl_jax.sample_diffusion_masks`), the
+  noisy estimate a real diffusion LM has to use; the importance log-ratio is
+  ``ELBO_new - ELBO_old``;
 * several optimizer steps per rollout batch (``--inner-steps``), with
   ``optax.chain(unconditional_clip(c), optax.adam(lr))`` for both methods.
 
 The two methods differ only in the policy loss:
 
-* ``grpo``: the sequence-level conditional clip
+* ``grpo``: :func:`stabledrl_jax.grpo_policy_loss` on the ``[B]`` sequence
+  log-likelihoods, the sequence-level conditional clip
   ``-min(r A, clip(r, 1 - eps, 1 + eps) A)`` averaged with the fixed ``1/G``
   weight per completion;
 * ``stabledrl``: :func:`stabledrl_jax.stabledrl_policy_loss` (ratio capped at
@@ -28,8 +31,15 @@ ratio is: with ``--masks independent`` the old and new ELBOs use fresh masks
 (estimator noise of several nats); with ``--masks coupled`` they share masks
 (no estimator noise) and ``--logratio-noise SIGMA`` adds Gaussian noise to the
 log-ratio. ``--sweep-sigma`` / ``--sweep-mc`` run a grid of noise levels.
+``--sweep-estimators`` runs the rows of ``ESTIMATOR_ROWS``: M = 2 masks drawn
+independently, as complementary pairs, or shared between the old and the new
+ELBO; the reference's per-token-mean ELBO; and StableDRL's sandwich gradient
+(:func:`stabledrl_jax.diffusion_eubo`, :func:`stabledrl_jax.sandwich_logp`).
 
-Runs are spread over ``--workers`` single-threaded processes (one per core).
+The model, the sampler and one RL step live in the ``dllm`` package next to
+this script; this file holds the command line, the worker pool and the
+sweeps. Runs are spread over ``--workers`` single-threaded processes (one per
+core).
 
 Usage::
 
@@ -37,6 +47,10 @@ Usage::
   python examples/dllm_rl.py --quick --out /tmp/dllm_quick
   python examples/dllm_rl.py --seeds 3 --sweep-sigma 0,0.3,1,3 --out examples/results/dllm_rl
   python examples/dllm_rl.py --seeds 3 --sweep-mc 1,4,16 --out examples/results/dllm_rl
+  python examples/dllm_rl.py --seeds 3 --methods stabledrl \
+      --sweep-estimators independent,complementary,shared,mean,mean-sandwich \
+      --out examples/results/dllm_rl
+  python examples/dllm_rl.py --replot --out examples/results/dllm_rl
 
 Outputs ``DIR/results.json``, ``DIR/reward.png`` and ``DIR/grad_norm.png``
 (or ``DIR/sweep_<name>.json`` and ``DIR/sweep_<name>.png`` for a sweep).
@@ -49,6 +63,10 @@ References:
   <https://arxiv.org/abs/2406.07524>`_, 2024.
   Nie et al., `Large Language Diffusion Models (LLaDA)
   <https://arxiv.org/abs/2502.09992>`_, 2025.
+  Wang et al., `SPG: Sandwiched Policy Gradient for Masked Diffusion
+  Language Models <https://arxiv.org/abs/2510.09541>`_, 2025.
+  Gong et al., `DiffuCoder <https://arxiv.org/abs/2506.20639>`_, 2025
+  (coupled, complementary masks).
 """
 
 import os
@@ -80,6 +98,21 @@ from dllm.config import Config, MASK_MODES, METHODS
 from dllm.model import make_model, num_params, warm_start
 from dllm.rl_step import make_optimizer, make_rl_step
 from dllm.sampler import LogitsFn
+
+# The estimator rows (--sweep-estimators): M = 2 masks per ELBO, each row one
+# change to the Config defaults. "independent": fresh masks for the old and
+# the new ELBO; "complementary": fresh complementary pairs (t and 1 - t);
+# "shared": the new ELBO reuses the old ELBO's masks (common random numbers);
+# "mean": the StableDRL/SPG reference weighting (mean log-likelihood of the
+# masked tokens instead of the 1/t-weighted sum); "mean-sandwich": that ELBO
+# for the ratio, the gradient through sandwich_logp (EUBO mixed in for A <= 0).
+ESTIMATOR_ROWS = {
+    "independent": {"num_mc": 2},
+    "complementary": {"num_mc": 2, "coupling": "complementary"},
+    "shared": {"num_mc": 2, "masks": "coupled"},
+    "mean": {"num_mc": 2, "weighting": "mean"},
+    "mean-sandwich": {"num_mc": 2, "weighting": "mean", "seq_logp": "sandwich"},
+}
 
 
 def collapse_stats(reward_curve) -> tuple:
@@ -133,7 +166,10 @@ def run_one(cfg: Config, method: str, seed: int, params, apply: LogitsFn,
       "method": method,
       "seed": seed,
       "masks": cfg.masks,
+      "coupling": cfg.coupling,
       "num_mc": cfg.num_mc,
+      "weighting": cfg.weighting,
+      "seq_logp": cfg.seq_logp,
       "logratio_noise": cfg.logratio_noise,
       "final_reward": final,
       "best_window_reward": best,
@@ -218,7 +254,7 @@ def run_jobs(jobs: list, params, workers: int, desc: str) -> list:
   return records
 
 
-def summarize(records: list) -> dict:
+def summarize(records: list, warm_reward: float) -> dict:
   """Per-method table: seeds, collapsed, final reward, worst spike."""
   table = {}
   for method in METHODS:
@@ -231,6 +267,9 @@ def summarize(records: list) -> dict:
         "collapsed": int(sum(r["collapsed"] for r in runs)),
         "final_reward_mean": float(finals.mean()),
         "final_reward_sd": float(finals.std(ddof=1)) if len(runs) > 1 else 0.0,
+        "below_warm_start": int(np.sum(finals < warm_reward)),
+        "final_minus_warm_start_mean": float(finals.mean() - warm_reward),
+        "spike_over_median_per_seed": [r["spike_over_median"] for r in runs],
         "worst_spike_over_median": float(
             max(r["spike_over_median"] for r in runs)),
         "max_grad_norm": float(max(r["max_grad_norm"] for r in runs)),
@@ -240,6 +279,10 @@ def summarize(records: list) -> dict:
             [np.mean(r["bypass_fraction_curve"]) for r in runs])),
         "mean_logratio_std_first_step": float(
             np.mean([r["logratio_std_curve"][0] for r in runs])),
+        "logratio_std_first_step_per_seed": [r["logratio_std_curve"][0]
+                                             for r in runs],
+        "median_logratio_std": float(np.mean(
+            [np.median(r["logratio_std_curve"]) for r in runs])),
         "num_nonfinite": int(sum(r["num_nonfinite"] for r in runs)),
     }
   return table
@@ -272,12 +315,83 @@ def parse_args(argv=None):
   parser.add_argument("--sweep-mc", default=None,
                       help="comma-separated MC mask counts, run with "
                       "independent masks; writes sweep_mc.{json,png}")
+  parser.add_argument("--sweep-estimators", default=None,
+                      help="comma-separated rows of ESTIMATOR_ROWS "
+                      f"({', '.join(ESTIMATOR_ROWS)}); writes "
+                      "sweep_estimators.{json,png}")
   parser.add_argument("--replot", action="store_true",
                       help="redraw the PNGs of --out from its JSON files "
                       "and exit (no training)")
+  parser.add_argument("--table", action="store_true",
+                      help="print the estimator study of --out as a markdown "
+                      "table and exit (no training)")
   parser.add_argument("--workers", type=int, default=2,
                       help="worker processes (1 = run in this process)")
   return parser.parse_args(argv)
+
+
+def _table_row(name: str, runs: list, warm_reward: float, steps: int) -> str:
+  """One markdown row of :func:`estimator_table` from the first ``steps``."""
+  finals, spikes, norms, first, medians = [], [], [], [], []
+  for r in runs:
+    finals.append(collapse_stats(r["reward_curve"][:steps])[0])
+    curve = np.asarray(r["grad_norm_curve"][:steps])
+    curve = curve[np.isfinite(curve)]
+    spikes.append(curve.max() / np.median(curve))
+    norms.append(np.median(curve))
+    first.append(r["logratio_std_curve"][0])
+    medians.append(np.median(r["logratio_std_curve"][:steps]))
+  finals = np.asarray(finals)
+  sd = finals.std(ddof=1) if len(finals) > 1 else 0.0
+  return (f"| {name} | {len(runs)} | {np.mean(first):.2f} "
+          f"({min(first):.2f}–{max(first):.2f}) | {np.mean(medians):.2f} | "
+          f"{finals.mean():.3f} ± {sd:.3f} | "
+          f"{finals.mean() - warm_reward:+.3f} | "
+          f"{int(np.sum(finals < warm_reward))}/{len(runs)} | "
+          f"{max(spikes):.1f}× ({', '.join(f'{v:.1f}' for v in spikes)}) | "
+          f"{np.median(norms):.2f} |")
+
+
+def estimator_table(out: str, method: str = "stabledrl") -> str:
+  """The estimator study as a markdown table, from the JSON files in ``out``.
+
+  One row per ``sweep_estimators.json`` row; first, when ``results.json`` is
+  there, its M = 1 independent-mask runs of the same seeds cut to the same
+  number of RL steps (the curves are saved whole, so the cut is exact).
+  Columns: seeds; the log-ratio std at the first optimizer step (mean over
+  seeds, range); the median over the run of the per-step log-ratio std; the
+  final reward (last 10% of the steps) against the warm start; the worst
+  pre-clip-norm spike over the run's median (max over seeds, then each seed);
+  the median pre-clip norm (median over seeds).
+  """
+  with open(os.path.join(out, "sweep_estimators.json")) as f:
+    sweep = json.load(f)
+  steps = sweep["config"]["rl_steps"]
+  warm = sweep["warm_start_reward"]
+  runs = [r for r in sweep["runs"] if r["method"] == method]
+  lines = [
+      f"| {method}, {steps} RL steps | seeds | log-ratio std at step 0 | "
+      "median log-ratio std | final reward | vs warm start | seeds below "
+      "warm start | worst spike / median (per seed) | median pre-clip norm |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  seeds = sorted({r["seed"] for r in runs})
+  baseline = os.path.join(out, "results.json")
+  if os.path.exists(baseline):
+    with open(baseline) as f:
+      base = json.load(f)
+    if base["warm_start_reward"] != warm:
+      raise ValueError("results.json and sweep_estimators.json have "
+                       "different warm starts.")
+    old = [r for r in base["runs"]
+           if r["method"] == method and r["seed"] in seeds]
+    if old:
+      lines.append(_table_row(
+          f"independent, M = {base['config']['num_mc']} (results.json, first "
+          f"{steps} steps)", old, warm, steps))
+  for row in sweep["config"]["sweep_values"]:
+    lines.append(_table_row(row, [r for r in runs if r["row"] == row], warm,
+                            steps))
+  return "\n".join(lines)
 
 
 def replot(out: str) -> None:
@@ -285,7 +399,7 @@ def replot(out: str) -> None:
   fields = {f.name for f in dataclasses.fields(Config)}
   found = False
   for name, field in (("results", None), ("sweep_sigma", "logratio_noise"),
-                      ("sweep_mc", "num_mc")):
+                      ("sweep_mc", "num_mc"), ("sweep_estimators", "row")):
     path = os.path.join(out, f"{name}.json")
     if not os.path.exists(path):
       continue
@@ -297,7 +411,7 @@ def replot(out: str) -> None:
       plots.plot_curves(saved["runs"], saved["warm_start_reward"], cfg, out)
     else:
       plots.plot_sweep(saved["runs"], field, saved["warm_start_reward"],
-                 os.path.join(out, f"{name}.png"))
+                       os.path.join(out, f"{name}.png"))
     print(f"redrew the plots of {path}")
   if not found:
     raise SystemExit(f"--replot: no results.json or sweep_*.json in {out!r}")
@@ -307,6 +421,9 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   if args.replot:
     replot(args.out)
+    return {}
+  if args.table:
+    print(estimator_table(args.out))
     return {}
   methods = tuple(m for m in args.methods.split(",") if m)
   for m in methods:
@@ -319,29 +436,52 @@ def main(argv=None) -> dict:
                masks=args.masks, logratio_noise=args.logratio_noise,
                inner_steps=args.inner_steps, max_norm=args.max_norm,
                lr=args.lr)
+
+  labels = None
+  if args.sweep_sigma:
+    name, field = "sigma", "logratio_noise"
+    conditions = [dataclasses.replace(cfg, masks="coupled",
+                                      logratio_noise=float(v))
+                  for v in args.sweep_sigma.split(",")]
+  elif args.sweep_mc:
+    name, field = "mc", "num_mc"
+    conditions = [dataclasses.replace(cfg, masks="independent", num_mc=int(v))
+                  for v in args.sweep_mc.split(",")]
+  elif args.sweep_estimators:
+    name, field = "estimators", "row"
+    labels = [v for v in args.sweep_estimators.split(",") if v]
+    for label in labels:
+      if label not in ESTIMATOR_ROWS:
+        raise ValueError(f"--sweep-estimators must name rows of "
+                         f"{tuple(ESTIMATOR_ROWS)}, got {label!r}.")
+    conditions = [dataclasses.replace(cfg, **ESTIMATOR_ROWS[v])
+                  for v in labels]
+  else:
+    name, field, conditions = None, None, [cfg]
+  labels = labels or [None] * len(conditions)
+
   os.makedirs(args.out, exist_ok=True)
   start = time.perf_counter()
   apply, params, warm_reward = warm_start(cfg)
   print(f"model: {num_params(params)} parameters; warm start "
         f"({cfg.warm_steps} steps) reward {warm_reward:.3f}")
 
-  if args.sweep_sigma or args.sweep_mc:
-    if args.sweep_sigma:
-      name, field = "sigma", "logratio_noise"
-      conditions = [dataclasses.replace(cfg, masks="coupled",
-                                        logratio_noise=float(v))
-                    for v in args.sweep_sigma.split(",")]
-    else:
-      name, field = "mc", "num_mc"
-      conditions = [dataclasses.replace(cfg, masks="independent",
-                                        num_mc=int(v))
-                    for v in args.sweep_mc.split(",")]
-  else:
-    name, field, conditions = None, None, [cfg]
-
-  jobs = [(c, m, s) for c in conditions for m in methods for s in range(seeds)]
+  # Seed-major order, so that both workers move through the conditions
+  # together. GRPO takes its ratio and gradient from one estimate: it has no
+  # sandwich row.
+  jobs, job_labels = [], []
+  for s in range(seeds):
+    for c, label in zip(conditions, labels):
+      for m in methods:
+        if c.seq_logp == "sandwich" and m != "stabledrl":
+          continue
+        jobs.append((c, m, s))
+        job_labels.append(label)
   records = run_jobs(jobs, params, args.workers,
                      desc=f"{len(jobs)} RL runs")
+  if field == "row":
+    for record, label in zip(records, job_labels):
+      record["row"] = label
   seconds = time.perf_counter() - start
   result = {
       # A sweep records the settings it forced (e.g. coupled masks) and the
@@ -349,26 +489,30 @@ def main(argv=None) -> dict:
       "config": dict(dataclasses.asdict(conditions[0]), seeds=seeds,
                      methods=methods, num_params=num_params(params),
                      workers=args.workers, sweep=name,
-                     sweep_values=[getattr(c, field) for c in conditions]
-                     if field else None),
+                     sweep_values=(labels if field == "row" else
+                                   [getattr(c, field) for c in conditions])
+                     if field else None,
+                     rows={v: ESTIMATOR_ROWS[v] for v in labels}
+                     if field == "row" else None),
       "warm_start_reward": warm_reward,
       "wall_seconds": seconds,
   }
   if name is None:
-    result["summary"] = summarize(records)
+    result["summary"] = summarize(records, warm_reward)
     result["runs"] = records
     path = os.path.join(args.out, "results.json")
     plots.plot_curves(records, warm_reward, cfg, args.out)
     print(json.dumps(result["summary"], indent=1))
   else:
-    levels = sorted({getattr(c, field) for c in conditions})
+    levels = plots.sweep_levels(records, field)
     result["summary"] = {
-        f"{level:g}": summarize([r for r in records if r[field] == level])
+        plots.level_name(level): summarize(
+            [r for r in records if r[field] == level], warm_reward)
         for level in levels}
     result["runs"] = records
     path = os.path.join(args.out, f"sweep_{name}.json")
     plots.plot_sweep(records, field, warm_reward,
-               os.path.join(args.out, f"sweep_{name}.png"))
+                     os.path.join(args.out, f"sweep_{name}.png"))
     for level, table in result["summary"].items():
       print(f"{field}={level}: " + "; ".join(
           f"{m}: final {t['final_reward_mean']:.3f}±{t['final_reward_sd']:.3f}"

@@ -4,6 +4,9 @@ import dataclasses
 
 METHODS = ("grpo", "stabledrl")
 MASK_MODES = ("independent", "coupled")
+COUPLINGS = ("independent", "complementary")
+WEIGHTINGS = ("inverse_t", "mean")
+SEQUENCE_LOGPS = ("elbo", "sandwich")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +38,33 @@ class Config:
   max_ratio: float = 5.0
   temperature: float = 1.0
   unmask_steps: int = 5
-  # Ratio noise.
+  # Sequence log-likelihood estimate (stabledrl_jax.diffusion_elbo) and the
+  # noise of the importance ratio. `masks`: "independent" draws fresh masks
+  # for the old and the new ELBO, "coupled" reuses the old ELBO's masks
+  # (common random numbers). `coupling`: how the `num_mc` masks of one
+  # estimate are drawn (stabledrl_jax.sample_diffusion_masks).
   masks: str = "independent"
+  coupling: str = "independent"
   num_mc: int = 1
+  weighting: str = "inverse_t"
   logratio_noise: float = 0.0
+  # "elbo": the gradient flows through the ELBO; "sandwich" (StableDRL only):
+  # through stabledrl_jax.sandwich_logp (ELBO for A > 0, a mix of the EUBO and
+  # the ELBO otherwise), the importance ratio still from the ELBO.
+  seq_logp: str = "elbo"
+  eubo_beta: float = 1.5
+  eubo_mix: float = 0.5
 
   def __post_init__(self):
-    if self.masks not in MASK_MODES:
-      raise ValueError(f"masks must be one of {MASK_MODES}, got {self.masks!r}.")
+    for name, choices in (("masks", MASK_MODES), ("coupling", COUPLINGS),
+                          ("weighting", WEIGHTINGS),
+                          ("seq_logp", SEQUENCE_LOGPS)):
+      if getattr(self, name) not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got "
+                         f"{getattr(self, name)!r}.")
+    if self.coupling == "complementary" and self.num_mc % 2:
+      raise ValueError("num_mc must be even with coupling='complementary', "
+                       f"got {self.num_mc!r}.")
     for name in ("length", "vocab", "d_model", "num_heads", "num_layers",
                  "mlp_dim", "warm_batch", "eval_prompts", "rl_steps",
                  "num_prompts", "group_size", "inner_steps", "unmask_steps",
@@ -52,7 +74,7 @@ class Config:
     if self.warm_steps < 0:
       raise ValueError(f"warm_steps must be >= 0, got {self.warm_steps!r}.")
     for name in ("lr", "warm_lr", "max_norm", "clip_eps", "max_ratio",
-                 "temperature"):
+                 "temperature", "eubo_beta"):
       if not getattr(self, name) > 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}.")
     if not 0 < self.t_min < 1:
@@ -60,6 +82,8 @@ class Config:
     if not self.logratio_noise >= 0:
       raise ValueError(
           f"logratio_noise must be >= 0, got {self.logratio_noise!r}.")
+    if not 0 <= self.eubo_mix <= 1:
+      raise ValueError(f"eubo_mix must be in [0, 1], got {self.eubo_mix!r}.")
     if self.unmask_steps > self.length:
       raise ValueError(f"unmask_steps must be <= length ({self.length}), got "
                        f"{self.unmask_steps!r}.")

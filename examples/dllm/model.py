@@ -6,6 +6,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+import stabledrl_jax
+
 from . import sampler
 from .config import Config
 from .sampler import LogitsFn
@@ -99,35 +101,20 @@ def token_logp(apply: LogitsFn, params, prompts: jax.Array,
       axis=-1)[..., 0]
 
 
-def draw_masks(key: jax.Array, num_mc: int, batch: int, length: int,
-               t_min: float):
-  """Monte Carlo masks for the ELBO.
-
-  Returns:
-    ``(t, masked)``: ``t [num_mc, batch]`` ~ U(t_min, 1) and boolean
-    ``masked [num_mc, batch, length]``, each position masked w.p. ``t``.
-  """
-  key_t, key_m = jax.random.split(key)
-  t = jax.random.uniform(key_t, (num_mc, batch), minval=t_min, maxval=1.0)
-  masked = jax.random.uniform(key_m, (num_mc, batch, length)) < t[..., None]
-  return t, masked
-
-
-def elbo_from_masks(apply: LogitsFn, params, prompts: jax.Array,
-                    completions: jax.Array, t: jax.Array, masked: jax.Array,
-                    mask_id: int) -> jax.Array:
-  """Masked-diffusion ELBO of the completions, averaged over given masks."""
-  logp = token_logp(apply, params, prompts, completions, masked, mask_id)
-  per_draw = jnp.sum(jnp.where(masked, logp, 0.0), axis=-1) / t
-  return jnp.mean(per_draw, axis=0)
-
-
 def diffusion_loss(apply: LogitsFn, params, key: jax.Array, prompts: jax.Array,
                    targets: jax.Array, cfg: Config) -> jax.Array:
-  """Supervised masked-diffusion loss: ``-ELBO / length``, batch mean."""
-  t, masked = draw_masks(key, 1, prompts.shape[0], cfg.length, cfg.t_min)
-  elbo = elbo_from_masks(apply, params, prompts, targets, t, masked,
-                         cfg.mask_id)
+  """Supervised masked-diffusion loss: ``-ELBO / length``, batch mean.
+
+  One mask per sequence, ``t ~ U(t_min, 1)``, and the LLaDA/MDLM ``1/t``
+  weighting (:func:`stabledrl_jax.diffusion_elbo` with ``"inverse_t"``).
+  """
+  completion_mask = jnp.ones(targets.shape, bool)
+  masks = stabledrl_jax.sample_diffusion_masks(key, completion_mask, 1,
+                                               t_min=cfg.t_min)
+  logp = token_logp(apply, params, prompts, targets, masks.masked,
+                    cfg.mask_id)
+  elbo = stabledrl_jax.diffusion_elbo(logp, masks, completion_mask,
+                                      weighting="inverse_t")
   return -jnp.mean(elbo) / cfg.length
 
 

@@ -41,6 +41,17 @@ def plot_curves(records: list, warm_reward: float, cfg: Config, out: str):
     plt.close(fig)
 
 
+def sweep_levels(records: list, field: str) -> list:
+  """The swept values: numbers sorted, row names in the order they ran."""
+  values = list(dict.fromkeys(r[field] for r in records))
+  return values if isinstance(values[0], str) else sorted(values)
+
+
+def level_name(level) -> str:
+  """``0.3`` → ``"0.3"``, ``4`` → ``"4"``, a row name unchanged."""
+  return level if isinstance(level, str) else f"{level:g}"
+
+
 def plot_sweep(records: list, field: str, warm_reward: float, path: str):
   """Final reward, pre-clip norms and failure counts against the noise.
 
@@ -53,17 +64,20 @@ def plot_sweep(records: list, field: str, warm_reward: float, path: str):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  levels = sorted({r[field] for r in records})
+  levels = sweep_levels(records, field)
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
   for k, method in enumerate(METHODS):
     shift = (k - 0.5) * 0.08
+    label = method
     for j, level in enumerate(levels):
       runs = [r for r in records
               if r["method"] == method and r[field] == level]
+      if not runs:
+        continue
       finals = [r["final_reward"] for r in runs]
       x = np.full(len(runs), j + shift)
-      label = method if j == 0 else None
       axes[0].scatter(x, finals, color=COLORS[method], s=14, label=label)
+      label = None
       sd = np.std(finals, ddof=1) if len(finals) > 1 else 0.0  # as tables
       axes[0].errorbar(j + shift, np.mean(finals), yerr=sd,
                        color=COLORS[method], capsize=3, fmt="_")
@@ -88,7 +102,8 @@ def plot_sweep(records: list, field: str, warm_reward: float, path: str):
       for m in METHODS for level in levels)) + 0.3)
   axes[2].yaxis.get_major_locator().set_params(integer=True)
   for ax in axes:
-    ax.set_xticks(range(len(levels)), [f"{v:g}" for v in levels])
+    ax.set_xticks(range(len(levels)), [level_name(v) for v in levels],
+                  fontsize=8 if field == "row" else None)
     ax.set_xlabel(field)
   axes[0].legend(fontsize=8)
   fig.tight_layout()

@@ -1,4 +1,14 @@
-"""One RL step of the toy diffusion-LM study."""
+"""One RL step of the toy diffusion-LM study, from the library's pieces.
+
+Sequence log-likelihoods come from :func:`stabledrl_jax.sample_diffusion_masks`
+and :func:`stabledrl_jax.diffusion_elbo` (optionally
+:func:`stabledrl_jax.diffusion_eubo` and :func:`stabledrl_jax.sandwich_logp`),
+advantages from :func:`stabledrl_jax.group_advantages`, the losses are
+:func:`stabledrl_jax.grpo_policy_loss` on sequence-level ``[B]`` inputs and
+:func:`stabledrl_jax.stabledrl_policy_loss`, and the optimizer clips with
+:func:`stabledrl_jax.unconditional_clip`. Nothing here re-implements an
+estimator or a loss: this module only wires them to the model.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,40 +17,41 @@ import optax
 import stabledrl_jax
 
 from .config import Config, METHODS
-from .model import draw_masks, elbo_from_masks
+from .model import token_logp
 from .sampler import LogitsFn, sample_completions, sample_prompts, sort_reward
 
 
-def grpo_sequence_loss(seq_logp: jax.Array, old_seq_logp: jax.Array,
-                       advantages: jax.Array, eps: float) -> jax.Array:
-  """Sequence-level GRPO loss with the conditional (PPO) clip.
-
-  ``-(1/B) sum_i min(r_i A_i, clip(r_i, 1 - eps, 1 + eps) A_i)`` with
-  ``r_i = exp(seq_logp_i - old_seq_logp_i)``: the fixed ``1/G`` weight per
-  completion, averaged over groups. For ``A < 0`` and a large noisy ``r`` the
-  unclipped ``r A`` term is the minimum, so nothing bounds it.
-  """
-  log_ratio = seq_logp - jax.lax.stop_gradient(old_seq_logp)
-  ratio = jnp.exp(jnp.clip(log_ratio, -20.0, 20.0))
-  surrogate = jnp.minimum(ratio * advantages,
-                          jnp.clip(ratio, 1 - eps, 1 + eps) * advantages)
-  return -jnp.mean(surrogate)
-
-
 def policy_loss(method: str, seq_logp: jax.Array, old_seq_logp: jax.Array,
-                advantages: jax.Array, cfg: Config) -> jax.Array:
-  """The only place where the two methods differ."""
+                advantages: jax.Array, cfg: Config,
+                ratio_logp: jax.Array) -> jax.Array:
+  """The only place where the two methods differ.
+
+  Args:
+    method: ``"grpo"`` or ``"stabledrl"``.
+    seq_logp: ``[B]`` sequence log-likelihood the gradient flows through.
+    old_seq_logp: ``[B]`` the sampling policy's ELBO (no gradient).
+    advantages: ``[B]`` group advantages.
+    cfg: the run's configuration.
+    ratio_logp: ``[B]`` the current ELBO, for the importance log-ratio
+      ``ratio_logp - old_seq_logp``; the same array as ``seq_logp`` unless
+      ``cfg.seq_logp == "sandwich"``.
+
+  Returns:
+    The scalar loss.
+  """
   if method == "grpo":
-    return grpo_sequence_loss(seq_logp, old_seq_logp, advantages, cfg.clip_eps)
+    # The sequence-level conditional clip -min(r A, clip(r, 1-eps, 1+eps) A),
+    # averaged over the B completions (a fixed 1/G weight within a group).
+    loss, _ = stabledrl_jax.grpo_policy_loss(
+        seq_logp, old_seq_logp, advantages, eps_low=cfg.clip_eps,
+        eps_high=cfg.clip_eps)
+    return loss
   if method == "stabledrl":
-    segment_ids = jnp.repeat(jnp.arange(cfg.num_prompts), cfg.group_size)
     loss, _ = stabledrl_jax.stabledrl_policy_loss(
-        seq_logp, old_seq_logp, advantages, max_ratio=cfg.max_ratio,
-        segment_ids=segment_ids, num_segments=cfg.num_prompts)
+        seq_logp, old_seq_logp, advantages, ratio_logp=ratio_logp,
+        max_ratio=cfg.max_ratio, group_size=cfg.group_size)
     return loss
   raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-
-
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -55,16 +66,35 @@ def make_rl_step(apply: LogitsFn, cfg: Config, method: str):
   Returns:
     ``step(params, opt_state, key) -> (params, opt_state, metrics)``.
     Metrics: ``reward`` (rollout mean), ``grad_norm`` (largest pre-clip
-    global norm over the inner steps, from ``ClipState``), ``max_log_ratio``
-    (largest log-ratio the loss saw, noise included), ``bypass_fraction``
-    (share of samples with ``A < 0`` and ``r > 1 + eps``: GRPO's clip does not
-    bound them), ``logratio_std`` (batch std of the log-ratio at the first
-    inner step), ``num_clipped`` and ``num_nonfinite`` (cumulative counts of
-    clipped and non-finite optimizer steps, from ``ClipState``).
+    global norm over the inner steps, from
+    :func:`stabledrl_jax.clip_metrics`), ``max_log_ratio`` (largest log-ratio
+    the loss saw, noise included), ``bypass_fraction`` (share of samples with
+    ``A < 0`` and ``r > 1 + eps``: GRPO's clip does not bound them),
+    ``logratio_std`` (batch std of the log-ratio at the first inner step),
+    ``num_clipped`` and ``num_nonfinite`` (cumulative counts of clipped and
+    non-finite optimizer steps).
+
+  Raises:
+    ValueError: unknown ``method``, or ``cfg.seq_logp == "sandwich"`` with
+      ``"grpo"`` (GRPO takes its ratio and its gradient from one estimate).
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+  sandwich = cfg.seq_logp == "sandwich"
+  if sandwich and method != "stabledrl":
+    raise ValueError(
+        f"seq_logp='sandwich' needs method 'stabledrl', got {method!r}.")
   tx = make_optimizer(cfg)
+  completion_mask = jnp.ones((cfg.batch, cfg.length), bool)
+
+  def draw(key):
+    return stabledrl_jax.sample_diffusion_masks(
+        key, completion_mask, cfg.num_mc, coupling=cfg.coupling,
+        t_min=cfg.t_min)
+
+  def elbo(logp, masks):
+    return stabledrl_jax.diffusion_elbo(logp, masks, completion_mask,
+                                        weighting=cfg.weighting)
 
   def step(params, opt_state, key):
     key_p, key_s, key_old, key_inner = jax.random.split(key, 4)
@@ -74,33 +104,38 @@ def make_rl_step(apply: LogitsFn, cfg: Config, method: str):
     rewards = sort_reward(prompts, completions)
     advantages = stabledrl_jax.group_advantages(
         rewards, group_size=cfg.group_size, scale="group")
-    old_masks = draw_masks(key_old, cfg.num_mc, cfg.batch, cfg.length,
-                           cfg.t_min)
-    old_logp = jax.lax.stop_gradient(elbo_from_masks(
-        apply, params, prompts, completions, *old_masks, cfg.mask_id))
+    old_masks = draw(key_old)
+    old_logp = jax.lax.stop_gradient(elbo(
+        token_logp(apply, params, prompts, completions, old_masks.masked,
+                   cfg.mask_id), old_masks))
 
     norms, max_log_ratio, bypass, log_ratio_std = [], [], [], None
     for inner in range(cfg.inner_steps):
       key_m, key_n = jax.random.split(jax.random.fold_in(key_inner, inner))
-      if cfg.masks == "coupled":
-        masks = old_masks
-      else:
-        masks = draw_masks(key_m, cfg.num_mc, cfg.batch, cfg.length, cfg.t_min)
+      masks = old_masks if cfg.masks == "coupled" else draw(key_m)
       # Injected noise enters as a noisy old log-likelihood: both losses then
       # see log_ratio = ELBO_new - ELBO_old + sigma * xi.
       noisy_old = old_logp - cfg.logratio_noise * jax.random.normal(
           key_n, old_logp.shape)
 
       def loss_fn(p, masks=masks, noisy_old=noisy_old):
-        seq_logp = elbo_from_masks(apply, p, prompts, completions, *masks,
-                                   cfg.mask_id)
-        loss = policy_loss(method, seq_logp, noisy_old, advantages, cfg)
-        return loss, seq_logp - noisy_old
+        logp = token_logp(apply, p, prompts, completions, masks.masked,
+                          cfg.mask_id)
+        new_elbo = elbo(logp, masks)
+        seq_logp = new_elbo
+        if sandwich:
+          eubo = stabledrl_jax.diffusion_eubo(logp, masks, completion_mask,
+                                              beta=cfg.eubo_beta)
+          seq_logp = stabledrl_jax.sandwich_logp(new_elbo, eubo, advantages,
+                                                 mix=cfg.eubo_mix)
+        loss = policy_loss(method, seq_logp, noisy_old, advantages, cfg,
+                           ratio_logp=new_elbo)
+        return loss, new_elbo - noisy_old
 
       grads, log_ratio = jax.grad(loss_fn, has_aux=True)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      norms.append(opt_state[0].global_norm)
+      norms.append(stabledrl_jax.clip_metrics(opt_state)["global_norm"])
       max_log_ratio.append(jnp.max(log_ratio))
       # Where GRPO's conditional clip is bypassed: A < 0 and r > 1 + eps, so
       # the unclipped r A term is the minimum and its gradient grows with r.
@@ -110,14 +145,15 @@ def make_rl_step(apply: LogitsFn, cfg: Config, method: str):
       if log_ratio_std is None:
         log_ratio_std = jnp.std(log_ratio)
 
+    clip = stabledrl_jax.clip_metrics(opt_state)
     metrics = {
         "reward": jnp.mean(rewards),
         "grad_norm": jnp.max(jnp.stack(norms)),
         "max_log_ratio": jnp.max(jnp.stack(max_log_ratio)),
         "bypass_fraction": jnp.mean(jnp.stack(bypass)),
         "logratio_std": log_ratio_std,
-        "num_clipped": opt_state[0].num_clipped,
-        "num_nonfinite": opt_state[0].num_nonfinite,
+        "num_clipped": clip["num_clipped"],
+        "num_nonfinite": clip["num_nonfinite"],
     }
     return params, opt_state, metrics
 
