@@ -53,7 +53,10 @@ Usage::
   python examples/dllm_rl.py --replot --out examples/results/dllm_rl
 
 Outputs ``DIR/results.json``, ``DIR/reward.png`` and ``DIR/grad_norm.png``
-(or ``DIR/sweep_<name>.json`` and ``DIR/sweep_<name>.png`` for a sweep).
+(or ``DIR/sweep_<name>.json`` and ``DIR/sweep_<name>.png`` for a sweep, plus
+``DIR/sweep_estimators_curves.png`` for the estimator rows). ``--replot``
+redraws every PNG from the JSON files; ``--table`` prints the estimator rows
+as a markdown table.
 
 References:
   Zhong et al., `Stabilizing Reinforcement Learning for Diffusion Language
@@ -412,6 +415,9 @@ def replot(out: str) -> None:
     else:
       plots.plot_sweep(saved["runs"], field, saved["warm_start_reward"],
                        os.path.join(out, f"{name}.png"))
+      if field == "row":
+        plots.plot_rows(saved["runs"], saved["warm_start_reward"],
+                        os.path.join(out, f"{name}_curves.png"))
     print(f"redrew the plots of {path}")
   if not found:
     raise SystemExit(f"--replot: no results.json or sweep_*.json in {out!r}")
@@ -513,6 +519,9 @@ def main(argv=None) -> dict:
     path = os.path.join(args.out, f"sweep_{name}.json")
     plots.plot_sweep(records, field, warm_reward,
                      os.path.join(args.out, f"sweep_{name}.png"))
+    if field == "row":
+      plots.plot_rows(records, warm_reward,
+                      os.path.join(args.out, f"sweep_{name}_curves.png"))
     for level, table in result["summary"].items():
       print(f"{field}={level}: " + "; ".join(
           f"{m}: final {t['final_reward_mean']:.3f}±{t['final_reward_sd']:.3f}"

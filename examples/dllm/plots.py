@@ -102,10 +102,42 @@ def plot_sweep(records: list, field: str, warm_reward: float, path: str):
       for m in METHODS for level in levels)) + 0.3)
   axes[2].yaxis.get_major_locator().set_params(integer=True)
   for ax in axes:
-    ax.set_xticks(range(len(levels)), [level_name(v) for v in levels],
-                  fontsize=8 if field == "row" else None)
+    if field == "row":
+      ax.set_xticks(range(len(levels)), levels, fontsize=8, rotation=20,
+                    ha="right")
+    else:
+      ax.set_xticks(range(len(levels)), [level_name(v) for v in levels])
     ax.set_xlabel(field)
   axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_rows(records: list, warm_reward: float, path: str):
+  """Reward and pre-clip norm curves of every seed, one colour per row."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = sweep_levels(records, "row")
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+  for j, row in enumerate(rows):
+    color = plt.get_cmap("tab10")(j)
+    runs = [r for r in records if r["row"] == row]
+    for i, r in enumerate(runs):
+      label = f"{row} ({r['method']})" if i == 0 else None
+      axes[0].plot(r["reward_curve"], color=color, alpha=0.6, lw=0.9,
+                   label=label)
+      axes[1].plot(r["grad_norm_curve"], color=color, alpha=0.6, lw=0.9)
+  axes[0].axhline(warm_reward, color="k", ls="--", lw=1, label="warm start")
+  axes[0].set_ylim(0, 1)
+  axes[0].set_ylabel("mean rollout reward")
+  axes[1].set_yscale("log")
+  axes[1].set_ylabel("pre-clip global grad norm")
+  for ax in axes:
+    ax.set_xlabel("RL step (rollout batch)")
+  axes[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
