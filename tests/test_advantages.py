@@ -113,6 +113,45 @@ def test_group_advantages_bad_arguments():
     advantages.group_advantages(jnp.zeros((2, 3)), group_size=3)
 
 
+@pytest.mark.parametrize("scale", advantages.ADVANTAGE_SCALES)
+def test_segment_ids_match_contiguous_groups_after_permutation(scale):
+  # Scattered ids: the same advantages as contiguous groups, permuted.
+  rng = np.random.default_rng(4)
+  perm = rng.permutation(len(REWARDS))
+  ids = (np.arange(len(REWARDS)) // 4)[perm]
+  for fn in (lambda r, **kw: advantages.group_advantages(r, scale=scale, **kw),
+             advantages.rloo_advantages):
+    scattered = fn(REWARDS[perm], segment_ids=ids,
+                   num_segments=len(REWARDS) // 4)
+    contiguous = fn(REWARDS, group_size=4)
+    np.testing.assert_allclose(scattered, np.asarray(contiguous)[perm],
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_group_size_one_gives_zero_advantages():
+  # A reward alone in its group equals its mean (verl instead returns the raw
+  # score for a group of one, TRL refuses fewer than 2 generations).
+  r = jnp.array([0.3, -2.0, 5.0])
+  for scale in advantages.ADVANTAGE_SCALES:
+    np.testing.assert_array_equal(
+        advantages.group_advantages(r, group_size=1, scale=scale), 0.0)
+  np.testing.assert_array_equal(advantages.rloo_advantages(r, group_size=1),
+                                0.0)
+
+
+def test_out_of_range_ids_under_jit_count_as_missing():
+  r = jnp.array([1.0, 0.0, 100.0, 3.0, 1.0])
+  ids = jnp.array([0, 0, 2, 1, 1])  # id 2 with num_segments=2
+  got = jax.jit(lambda r, i: advantages.group_advantages(
+      r, segment_ids=i, num_segments=2, scale="none"))(r, ids)
+  np.testing.assert_allclose(got, [0.5, -0.5, 0.0, 1.0, -1.0])
+  with pytest.raises(ValueError, match="segment_ids must lie"):
+    advantages.group_advantages(r, segment_ids=ids, num_segments=2)
+  with pytest.raises(ValueError, match="group_size or segment_ids"):
+    advantages.group_advantages(r, group_size=5, segment_ids=ids,
+                                num_segments=3)
+
+
 @pytest.mark.parametrize("group_size", [1, 2, 4, 8])
 def test_rloo_matches_numpy(group_size):
   a = advantages.rloo_advantages(REWARDS, group_size=group_size)

@@ -480,3 +480,29 @@ def test_bad_arguments_name_the_argument():
   for fn, match in cases:
     with pytest.raises(ValueError, match=match):
       fn()
+
+
+def report_reference_comparison():
+  """Prints the max abs differences to the reference (``python <this file>``)."""
+  for seed in (10, 11, 12, 13, 14):
+    token_logp, masked, t, completion, old_elbo = reference_problem(seed)
+    masks = sdj.DiffusionMasks(jnp.asarray(masked), jnp.asarray(t))
+    final, elbo = ref_per_seq_logps(*ref_inputs(token_logp, masked),
+                                    completion, ADV > 0)
+    weights = ref_snis_weights(elbo, old_elbo)
+    ref_loss = ref_snis_loss(final, weights, ADV)
+    ref_grad = central_differences(lambda x: ref_snis_loss(ref_per_seq_logps(
+        *ref_inputs(x, masked), completion, ADV > 0)[0], weights, ADV),
+                                   token_logp)
+    args = (jnp.asarray(token_logp, jnp.float32), masks, completion,
+            jnp.asarray(old_elbo, jnp.float32), ADV, B)
+    loss, grad = jax.value_and_grad(library_loss)(*args)
+    without = library_loss(*args, use_ratio_logp=False)
+    print(f"seed {seed}: reference loss {ref_loss:.6f}, ratio_logp loss "
+          f"{float(loss):.6f} (|diff| {abs(float(loss) - ref_loss):.2e}, "
+          f"max |grad diff| {np.max(np.abs(np.asarray(grad) - ref_grad)):.2e}"
+          f"), without ratio_logp {float(without):.6f}")
+
+
+if __name__ == "__main__":
+  report_reference_comparison()

@@ -498,8 +498,171 @@ def test_grpo_bad_arguments():
     objectives.grpo_policy_loss(LOGP, OLD_LOGP, SEQ_ADV, TOK_MASK[:, 0])
   with pytest.raises(ValueError, match=r"advantages.*\(3,\)"):
     objectives.grpo_policy_loss(LOGP, OLD_LOGP, SEQ_ADV[:3], TOK_MASK)
-  with pytest.raises(ValueError, match=r"logp.*\(5,\)"):
+  with pytest.raises(ValueError, match=r"advantages.*\(5,\)"):
     objectives.grpo_policy_loss(LOGP[0], OLD_LOGP[0], SEQ_ADV, TOK_MASK[0])
+  with pytest.raises(ValueError, match=r"logp.*\(1, 4, 5\)"):
+    objectives.grpo_policy_loss(LOGP[None], OLD_LOGP[None], SEQ_ADV)
+
+
+SEQ_LEVEL_LOGP = np.array([-3.0, -2.0, -4.0, -1.0, -6.0, -2.5], np.float32)
+SEQ_LEVEL_OLD = np.array([-3.1, -2.9, -3.0, -1.0, -9.0, -2.4], np.float32)
+SEQ_LEVEL_MASK = np.array([1, 1, 0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
+@pytest.mark.parametrize("dual", [None, 1.5])
+def test_grpo_sequence_inputs_are_one_token_rows(mode, dual):
+  # [B] inputs (e.g. ELBO estimates of a diffusion LM) are B one-token rows.
+  kwargs = dict(dual_clip=dual, loss_agg=mode, eps_low=0.1, eps_high=0.3)
+  loss, metrics = objectives.grpo_policy_loss(
+      SEQ_LEVEL_LOGP, SEQ_LEVEL_OLD, ADV, SEQ_LEVEL_MASK, **kwargs)
+  expected, _, _ = np_grpo(SEQ_LEVEL_LOGP[:, None], SEQ_LEVEL_OLD[:, None],
+                           ADV, SEQ_LEVEL_MASK[:, None], 0.1, 0.3, dual,
+                           "token", mode)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  as_rows = objectives.grpo_policy_loss(
+      SEQ_LEVEL_LOGP[:, None], SEQ_LEVEL_OLD[:, None], ADV,
+      SEQ_LEVEL_MASK[:, None], **kwargs)
+  chex.assert_trees_all_close((loss, metrics), as_rows, rtol=1e-6)
+
+
+def test_grpo_sequence_inputs_mask_optional_and_gradient():
+  loss_fn = lambda s: objectives.grpo_policy_loss(s, SEQ_LEVEL_OLD, ADV)[0]
+  loss, grad = jax.value_and_grad(loss_fn)(jnp.asarray(SEQ_LEVEL_LOGP))
+  expected, ratio, _ = np_grpo(SEQ_LEVEL_LOGP[:, None], SEQ_LEVEL_OLD[:, None],
+                               ADV, np.ones((6, 1)))
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  # d/ds of −A r / B where the clip is not active, else 0.
+  r = ratio[:, 0]
+  active = np.where(ADV > 0, r < 1.2, r > 0.8)
+  np.testing.assert_allclose(grad, np.where(active, -ADV * r / 6, 0.0),
+                             rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# Grouping: group_size, segment_ids, out-of-range ids; masks select.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group_size", [1, 2, 3, 6])
+def test_group_size_equals_contiguous_segment_ids(group_size):
+  ids = np.arange(6) // group_size
+  mask = np.array([1, 1, 1, 0, 1, 1])
+  by_size = objectives.self_normalized_weights(
+      SEQ_LOGP - OLD, group_size=group_size, mask=mask)
+  by_ids = objectives.self_normalized_weights(
+      SEQ_LOGP - OLD, segment_ids=ids, num_segments=6 // group_size, mask=mask)
+  np.testing.assert_allclose(by_size, np_weights(SEQ_LOGP - OLD, 5.0, ids,
+                                                 mask), rtol=1e-6)
+  np.testing.assert_array_equal(by_size, by_ids)
+  ratio_logp = SEQ_LOGP + 0.7
+  loss_fn = lambda s, **kw: objectives.stabledrl_policy_loss(
+      s, OLD, ADV, ratio_logp=ratio_logp, mask=mask, **kw)
+  by_size = jax.value_and_grad(lambda s: loss_fn(s, group_size=group_size)[0])(
+      jnp.asarray(SEQ_LOGP))
+  by_ids = jax.value_and_grad(lambda s: loss_fn(
+      s, segment_ids=ids, num_segments=6 // group_size)[0])(
+          jnp.asarray(SEQ_LOGP))
+  chex.assert_trees_all_close(by_size, by_ids, rtol=1e-6)
+  chex.assert_trees_all_close(loss_fn(SEQ_LOGP, group_size=group_size)[1],
+                              loss_fn(SEQ_LOGP, segment_ids=ids,
+                                      num_segments=6 // group_size)[1],
+                              rtol=1e-6)
+
+
+def test_ratio_logp_sets_weights_gradient_through_seq_logp():
+  # Weights from ratio_logp − old; gradient −w̄ A / G through seq_logp.
+  ratio_logp = np.array([-1.0, -2.0, -4.0, 5.0, -6.0, -2.0], np.float32)
+  loss, grad = jax.value_and_grad(lambda s: objectives.stabledrl_policy_loss(
+      s, OLD, ADV, ratio_logp=ratio_logp, group_size=2)[0])(
+          jnp.asarray(SEQ_LOGP))
+  w = np_weights(ratio_logp - OLD, 5.0, IDS)
+  np.testing.assert_allclose(loss, -np.sum(w * ADV * SEQ_LOGP) / 3, rtol=1e-6)
+  np.testing.assert_allclose(grad, -w * ADV / 3, rtol=1e-6)
+  # No gradient reaches ratio_logp.
+  g = jax.grad(lambda r: objectives.stabledrl_policy_loss(
+      SEQ_LOGP, OLD, ADV, ratio_logp=r)[0])(jnp.asarray(ratio_logp))
+  np.testing.assert_array_equal(g, 0.0)
+  with pytest.raises(ValueError, match=r"ratio_logp.*\(6,\)"):
+    objectives.stabledrl_policy_loss(SEQ_LOGP, OLD, ADV,
+                                     ratio_logp=ratio_logp[:5])
+
+
+def test_group_size_bad_arguments():
+  with pytest.raises(ValueError, match="group_size must divide.*6.*4"):
+    objectives.self_normalized_weights(SEQ_LOGP, group_size=4)
+  for bad in (0, 2.0, True):
+    with pytest.raises(ValueError, match="group_size"):
+      objectives.self_normalized_weights(SEQ_LOGP, group_size=bad)
+  with pytest.raises(ValueError, match="group_size or segment_ids"):
+    objectives.stabledrl_policy_loss(SEQ_LOGP, OLD, ADV, group_size=2,
+                                     segment_ids=IDS, num_segments=3)
+  with pytest.raises(ValueError, match="num_segments=2 contradicts"):
+    objectives.self_normalized_weights(SEQ_LOGP, group_size=2, num_segments=2)
+  # Saying the right count is allowed.
+  objectives.self_normalized_weights(SEQ_LOGP, group_size=2, num_segments=3)
+
+
+def test_out_of_range_ids_under_jit_weigh_zero_and_count_nowhere():
+  ids = jnp.array([0, 0, 7, -1, 1, 1])
+  log_ratio = jnp.array([0.0, 1.0, 50.0, 50.0, 0.5, 0.0])
+  w = jax.jit(lambda lr, i: objectives.self_normalized_weights(
+      lr, segment_ids=i, num_segments=2))(log_ratio, ids)
+  inside = np.array([1, 1, 0, 0, 1, 1])
+  np.testing.assert_allclose(
+      w, np_weights(log_ratio, 5.0, np.clip(ids, 0, 1), inside), rtol=1e-6)
+  np.testing.assert_allclose([w[:2].sum(), w[4:].sum()], [1.0, 1.0],
+                             rtol=1e-6)
+
+  def loss(s, i):
+    return objectives.stabledrl_policy_loss(s, OLD, ADV, segment_ids=i,
+                                            num_segments=2)
+
+  seq = SEQ_LOGP.copy()
+  seq[[2, 3]] = np.nan  # out-of-range entries are never read
+  (value, metrics), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+      jnp.asarray(seq), ids)
+  (ref_value, ref_metrics), ref_grad = jax.value_and_grad(
+      lambda s: objectives.stabledrl_policy_loss(
+          s, OLD, ADV, segment_ids=np.clip(ids, 0, 1), num_segments=2,
+          mask=inside), has_aux=True)(jnp.asarray(SEQ_LOGP))
+  chex.assert_trees_all_close((value, metrics), (ref_value, ref_metrics),
+                              rtol=1e-6)
+  np.testing.assert_allclose(grad, np.where(inside, ref_grad, 0.0), rtol=1e-6)
+  # Concrete ids out of range still raise.
+  with pytest.raises(ValueError, match="segment_ids must lie"):
+    loss(jnp.asarray(SEQ_LOGP), ids)
+
+
+def test_negative_masks_are_rejected_everywhere():
+  neg_seq = np.array([1, 1, -1, 1, 1, 1])
+  neg_tok = TOK_MASK.copy()
+  neg_tok[0, 0] = -1
+  cases = [
+      lambda: objectives.self_normalized_weights(SEQ_LOGP, mask=neg_seq),
+      lambda: objectives.stabledrl_policy_loss(SEQ_LOGP, OLD, ADV,
+                                               mask=neg_seq),
+      lambda: objectives.grpo_policy_loss(SEQ_LOGP, OLD, ADV, neg_seq),
+      lambda: objectives.grpo_policy_loss(LOGP, OLD_LOGP, SEQ_ADV, neg_tok),
+      lambda: objectives.aggregate_loss(LOGP, neg_tok),
+      lambda: objectives.value_loss(LOGP, LOGP, LOGP, neg_tok),
+      lambda: objectives.entropy_bonus(np.zeros((4, 5, 3)), neg_tok),
+      lambda: objectives.self_normalized_weights(
+          SEQ_LOGP, mask=np.array([1, 1, np.nan, 1, 1, 1])),
+  ]
+  for fn in cases:
+    with pytest.raises(ValueError, match="mask.*negative"):
+      fn()
+
+
+def test_masks_select_not_weigh():
+  # Any non-zero value selects with weight 1, bool masks work the same.
+  half = np.where(TOK_MASK != 0, 0.5, 0.0)
+  for mask in (half, TOK_MASK.astype(bool)):
+    chex.assert_trees_all_close(
+        objectives.grpo_policy_loss(LOGP, OLD_LOGP, SEQ_ADV, mask),
+        objectives.grpo_policy_loss(LOGP, OLD_LOGP, SEQ_ADV, TOK_MASK),
+        rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------

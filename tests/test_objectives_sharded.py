@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from stabledrl_jax._src import advantages
+from stabledrl_jax._src import diffusion
 from stabledrl_jax._src import normalization
 from stabledrl_jax._src import objectives
 
@@ -213,6 +214,113 @@ def test_running_stats(mesh):
   expected = fn(None, x, mask)
   got = run_sharded(mesh, functools.partial(fn, "x"), [x, mask],
                     normalization.RunningStats(P(), P(), P()))
+  assert_close(got, expected)
+
+
+@pytest.mark.parametrize("group_size", [None, 4, 6, 24])
+def test_weights_and_loss_with_group_size(mesh, group_size):
+  # group_size numbers rows of the global batch: groups of 4 and 6 straddle
+  # devices; the result equals contiguous segment_ids on the whole batch.
+  seq_logp = RNG.normal(-5.0, 1.0, size=B).astype(np.float32)
+  ratio_logp = seq_logp + RNG.normal(0.0, 2.0, size=B).astype(np.float32)
+  old = seq_logp - LOG_RATIO
+  adv = RNG.normal(size=B).astype(np.float32)
+
+  def fn(axis_name, s, r, o, a, m):
+    w = objectives.self_normalized_weights(r - o, group_size=group_size,
+                                           mask=m, axis_name=axis_name)
+    f = lambda s: objectives.stabledrl_policy_loss(
+        s, o, a, ratio_logp=r, group_size=group_size, mask=m,
+        axis_name=axis_name)
+    return w, jax.value_and_grad(f, has_aux=True)(s)
+
+  args = [seq_logp, ratio_logp, old, adv, SEQ_MASK]
+  got = run_sharded(mesh, functools.partial(fn, "x"), args,
+                    (P("x"), ((P(), P()), P("x"))))
+  expected = fn(None, *args)
+  chex.assert_tree_all_finite(got)
+  assert_close(got, expected)
+  if group_size is not None:
+    ids = np.arange(B) // group_size
+    by_ids = objectives.self_normalized_weights(
+        ratio_logp - old, segment_ids=ids, num_segments=B // group_size,
+        mask=SEQ_MASK)
+    assert_close(got[0], by_ids)
+
+
+M = 3
+
+
+def test_diffusion_reference_loss_pipeline(mesh):
+  # Estimators per row (no collective) and the reference loss with groups of
+  # 4 that straddle devices: value and gradient equal the whole batch's.
+  lengths = np.array([T, T - 1, 3, 0, 1, T, 2, T] * 3)
+  completion = (np.arange(T)[None] < lengths[:, None]).astype(np.float32)
+  token_logp = -RNG.uniform(0.01, 5.0, size=(M, B, T)).astype(np.float32)
+  masks = diffusion.sample_diffusion_masks(jax.random.key(0), completion, M)
+  old_elbo = RNG.normal(-2.0, 1.0, size=B).astype(np.float32)
+  adv = RNG.normal(size=B).astype(np.float32)
+
+  def fn(axis_name, token_logp, masked, t, completion, old_elbo, adv):
+    m = diffusion.DiffusionMasks(masked, t)
+
+    def loss(x):
+      elbo = diffusion.diffusion_elbo(x, m, completion)
+      eubo = diffusion.diffusion_eubo(x, m, completion)
+      sandwich = diffusion.sandwich_logp(elbo, eubo, adv)
+      return objectives.stabledrl_policy_loss(
+          sandwich, old_elbo, adv, ratio_logp=elbo, group_size=4,
+          axis_name=axis_name)
+
+    elbo_t = diffusion.diffusion_elbo(token_logp, m, completion,
+                                      weighting="inverse_t")
+    return elbo_t, jax.value_and_grad(loss, has_aux=True)(token_logp)
+
+  args = [token_logp, masks.masked, masks.t, completion, old_elbo, adv]
+  split = [P(None, "x"), P(None, "x"), P(None, "x"), P("x"), P("x"), P("x")]
+  placed = [jax.device_put(a, NamedSharding(mesh, spec))
+            for a, spec in zip(args, split)]
+  mapped = jax.shard_map(functools.partial(fn, "x"), mesh=mesh,
+                         in_specs=tuple(split),
+                         out_specs=(P("x"), ((P(), P()), P(None, "x"))))
+  got = jax.jit(mapped)(*placed)
+  expected = fn(None, *args)
+  chex.assert_tree_all_finite(got)
+  assert_close(got, expected)
+
+
+def test_grpo_sequence_level_inputs(mesh):
+  logp = RNG.normal(-3.0, 1.0, size=B).astype(np.float32)
+  old = (logp + RNG.normal(0.0, 0.5, size=B)).astype(np.float32)
+  adv = RNG.normal(size=B).astype(np.float32)
+
+  def fn(axis_name, logp, old, adv, mask):
+    out = {}
+    for mode in objectives.LOSS_AGGREGATIONS:
+      f = lambda lp, mode=mode: objectives.grpo_policy_loss(
+          lp, old, adv, mask, loss_agg=mode, axis_name=axis_name)
+      out[mode] = jax.value_and_grad(f, has_aux=True)(logp)
+    return out
+
+  args = [logp, old, adv, SEQ_MASK]
+  expected = fn(None, *args)
+  got = run_sharded(mesh, functools.partial(fn, "x"), args,
+                    {k: ((P(), P()), P("x")) for k in expected})
+  assert_close(got, expected)
+
+
+def test_group_advantages_with_scattered_segment_ids(mesh):
+  def fn(axis_name, r, ids):
+    out = {s: advantages.group_advantages(
+        r, segment_ids=ids, num_segments=6, scale=s, axis_name=axis_name)
+           for s in advantages.ADVANTAGE_SCALES}
+    out["rloo"] = advantages.rloo_advantages(
+        r, segment_ids=ids, num_segments=6, axis_name=axis_name)
+    return out
+
+  expected = fn(None, REWARDS, SCATTERED_IDS)
+  got = run_sharded(mesh, functools.partial(fn, "x"),
+                    [REWARDS, SCATTERED_IDS], {k: P("x") for k in expected})
   assert_close(got, expected)
 
 

@@ -1,13 +1,13 @@
 """Advantage estimators: group baselines (GRPO, RLOO) and GAE.
 
 Group estimators take ``[B]`` rewards laid out as contiguous groups of
-``group_size`` completions of the same prompt (or grouped by ``segment_ids``,
-as the losses accept). Under ``axis_name`` the batch
-is split over devices in order (device ``d`` holds rows ``d·B … (d+1)·B − 1``
-of the global batch, as with ``shard_map`` and ``P(axis_name)``); groups may
-then span devices and the statistics stay exact, since every group sum is
-``psum``'d. A non-finite reward (a failed reward call) gets advantage 0 and is
-left out of every mean and standard deviation.
+``group_size`` completions of the same prompt, or grouped by ``segment_ids``
+as the losses accept. Under ``axis_name`` the batch is split over devices in
+order (device ``d`` holds rows ``d·B … (d+1)·B − 1`` of the global batch, as
+with ``shard_map`` and ``P(axis_name)``); groups may then span devices and
+the statistics stay exact, since every group sum is ``psum``'d. A non-finite
+reward (a failed reward call) gets advantage 0 and is left out of every mean
+and standard deviation.
 
 References:
   Shao et al., `DeepSeekMath (GRPO) <https://arxiv.org/abs/2402.03300>`_, 2024.

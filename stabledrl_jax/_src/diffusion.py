@@ -241,7 +241,7 @@ def diffusion_elbo(
     count = jnp.sum(selected, axis=-1).astype(total.dtype)
     per_sample = total / jnp.maximum(count, _TINY)
   else:
-    per_sample = safe_divide(total, jnp.asarray(masks.t).astype(total.dtype))
+    per_sample = safe_divide(total, jnp.asarray(masks[1]).astype(total.dtype))
   return jnp.mean(per_sample, axis=0)
 
 

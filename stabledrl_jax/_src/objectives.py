@@ -370,7 +370,12 @@ def grpo_policy_loss(
   ``ratio_level="sequence"`` (GSPO) replaces each token's log-ratio by its
   sequence's masked mean log-ratio ``s_b`` in value; the gradient at token
   ``t`` is that of ``logp_t`` scaled by ``exp(s_b)`` (GSPO-token form, equal
-  to GSPO when advantages are per sequence).
+  to GSPO when advantages are per sequence). Both levels clamp the log-ratio
+  to ``[−20, 20]`` before ``exp`` (zero gradient outside): verl clamps GSPO's
+  sequence log-ratio at ``+10`` only and TRL not at all; ``±20`` keeps every
+  ratio finite in float32 without changing any loss whose ratios stay below
+  ``e^20``. To bound the ``A < 0`` side use ``dual_clip``, or
+  :func:`stabledrl_policy_loss`.
 
   Sequence-level inputs are accepted too: ``logp``, ``old_logp`` and
   ``advantages`` of shape ``[B]`` (e.g. diffusion-LM ELBO estimates, see

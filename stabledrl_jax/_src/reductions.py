@@ -15,9 +15,9 @@ from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.distributed import all_max
 from stabledrl_jax._src.distributed import all_sum
 from stabledrl_jax._src.validation import check_int
+from stabledrl_jax._src.validation import check_same_shape
 from stabledrl_jax._src.validation import check_selection_mask
 from stabledrl_jax._src.validation import concrete_array
-from stabledrl_jax._src.validation import check_same_shape
 
 
 def float_dtype(x: jax.Array) -> jnp.dtype:
@@ -99,7 +99,7 @@ def resolve_segments(values: jax.Array, segment_ids: Any = None,
     check_int("group_size", group_size)
     local = shape[0]
     if axis_name is None or axis_name == ():
-      devices, first_row = 1, 0
+      devices, first_row = 1, jnp.int32(0)
     else:
       devices = jax.lax.axis_size(axis_name)
       first_row = jax.lax.axis_index(axis_name) * local
@@ -135,14 +135,14 @@ def resolve_segments(values: jax.Array, segment_ids: Any = None,
     raise ValueError(
         "segment_ids must be integers, got dtype "
         f"{jnp.result_type(segment_ids)}.")
-  ids = concrete_array(segment_ids)
+  host_ids = concrete_array(segment_ids)
   # Ids known on this host are checked; traced ones cannot be, and an id
   # outside [0, num_segments) then marks its entry as belonging nowhere.
-  if ids is not None and ids.size and (
-      ids.min() < 0 or ids.max() >= num_segments):
+  if host_ids is not None and host_ids.size and (
+      host_ids.min() < 0 or host_ids.max() >= num_segments):
     raise ValueError(
         f"segment_ids must lie in [0, num_segments={num_segments}), got "
-        f"values from {ids.min()} to {ids.max()}.")
+        f"values from {host_ids.min()} to {host_ids.max()}.")
   ids = jnp.asarray(segment_ids).astype(jnp.int32)
   in_range = (ids >= 0) & (ids < num_segments)
   return Segments(jnp.where(in_range, ids, 0), int(num_segments), in_range)
