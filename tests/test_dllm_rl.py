@@ -385,8 +385,9 @@ def test_estimator_sweep_table_and_replot(tmp_path, capsys):
     assert run["seq_logp"] == row.get("seq_logp", "elbo")
   by_row = {(r["row"], r["method"]): r for r in saved["runs"]}
   # Shared masks and unchanged parameters: the first optimizer step sees a
-  # log-ratio of exactly 0; fresh masks give a spread.
-  assert by_row[("shared", "stabledrl")]["logratio_std_curve"][0] == 0.0
+  # log-ratio of 0 up to float32 rounding (the old and new ELBOs are
+  # compiled in different fusions); fresh masks give a spread.
+  assert by_row[("shared", "stabledrl")]["logratio_std_curve"][0] < 1e-5
   assert by_row[("mean-sandwich", "stabledrl")]["logratio_std_curve"][0] > 0
   assert set(result["summary"]["shared"]) == {"grpo", "stabledrl"}
   assert set(result["summary"]["mean-sandwich"]) == {"stabledrl"}
