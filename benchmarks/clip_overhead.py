@@ -485,8 +485,7 @@ def target_report(target: str, args: argparse.Namespace) -> str:
            f"{results[0][1].bytes_accessed / 2**20:.1f} MiB")
         + ", raw optimal_seconds per variant: "
         + ", ".join("n/a" if a.optimal_seconds_raw is None else
-                    f"{a.optimal_seconds_raw:.4f} ({a.concat_bitcasts} "
-                    "ConcatBitcast)" for _, a in results)
+                    f"{a.optimal_seconds_raw:.4f}" for _, a in results)
         + f"; compiled in {time.perf_counter() - start:.0f} s.",
         "",
     ]

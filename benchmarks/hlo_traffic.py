@@ -1,221 +1,287 @@
-"""Static figures read from an optimized (compiled) HLO module's text.
+"""HBM traffic, op counts and cycle estimates read from optimized HLO text.
 
-``compiled.as_text()`` after ``jax.jit(f).lower(...).compile()`` is the
-scheduled program XLA runs. This module reads, from that text alone:
+XLA:TPU's ``cost_analysis()["bytes accessed"]`` counts on-chip (VMEM/CMEM)
+traffic too and charges a prefetched buffer several times, and XLA:GPU's
+``cost_analysis()`` is None for deviceless compiles, so neither says how many
+bytes cross the HBM bus. This module counts them from the text of a compiled
+program (``compiled.as_text()``):
 
-* **HBM traffic**: for each instruction that the entry computation executes
-  (recursing into the computations of ``conditional``, ``call`` and ``while``,
-  never into fused computations), the bytes of its array operands plus the
-  bytes of its array outputs that live in device memory (HBM). An array lives
-  in HBM unless its layout names another memory space: XLA:TPU prints
-  ``S(1)`` (VMEM) and other ``S(n)`` in the layout, ``f32[1024]{0:T(1024)S(1)}``;
-  no ``S(n)``, or ``S(0)``, is HBM. A prefetch or eviction (``copy-start`` or
-  ``slice-start`` between HBM and another memory space) moves the copied
-  bytes once, counted at the start (a slice only its slice);
-  ``-done`` halves of asynchronous pairs count nothing. Pure bookkeeping
-  (``parameter``, ``get-tuple-element``, ``tuple``, ``bitcast``, ``constant``,
-  ``after-all``, ``opt-barrier``) moves nothing. For a ``conditional`` the
-  costliest branch is counted (in the benchmarks every step clips, which is
-  the costly branch); a ``while`` body counts once (the trip count is not read).
-  On GPU and CPU no memory space is printed, so every array counts: that is
-  "operands + outputs of the ops the entry computation runs".
-* the sum of the ``estimated_cycles`` XLA:TPU's cost model writes into each
-  fusion's ``backend_config`` (same traversal);
-* counts of ``fusion`` and ``conditional`` ops.
+* Every instruction of the entry computation that does work (fusions,
+  reductions, custom calls, collectives, copies, ...) reads its operands and
+  writes its outputs. An array lives in HBM when its layout carries no memory
+  space annotation or ``S(0)``; ``S(1)`` (VMEM), ``S(2)`` (semaphores/SMEM)
+  and the rest are on chip, so an operand or output there moves no HBM bytes.
+* A ``copy-start`` or ``slice-start`` moves its bytes once: a prefetch (HBM ->
+  on chip) counts the bytes it copies (for a ``slice-start``, the slice, not
+  the whole operand), an eviction (on chip -> HBM) its HBM destination.
+  Every ``*-done``, ``get-tuple-element``, ``tuple``, ``bitcast``,
+  ``parameter`` and ``constant`` move nothing.
+* A ``conditional`` is charged its most expensive branch; a ``while`` or
+  ``call`` its body once (the trip count is not known from the text).
 
-Limits: an op that reads part of an operand (a slice fused into a consumer) or
-updates a buffer in place (``dynamic-update-slice``) is charged the whole
-buffer, so the count is an upper bound for such ops; the optimizer steps
-measured here have none in the update itself.
+Sizes are logical (elements times element size; tile padding is ignored) and
+each operand is charged whole, even when a fusion reads only a slice of it.
+On GPU, where no memory spaces are printed, the same count is the bytes of
+the operands and outputs of the entry computation's ops.
+
+Example::
+
+    from benchmarks import hlo_traffic
+    text = jax.jit(step).lower(*args).compile().as_text()
+    report = hlo_traffic.hbm_traffic(text)
+    report.total_bytes, report.by_opcode
 """
 
-import dataclasses
+import collections
 import re
+from typing import NamedTuple, Optional
 
-# Element sizes in bits of HLO primitive types.
-_BITS = {
-    "pred": 8, "s2": 2, "u2": 2, "s4": 4, "u4": 4, "s8": 8, "u8": 8,
-    "s16": 16, "u16": 16, "s32": 32, "u32": 32, "s64": 64, "u64": 64,
-    "f16": 16, "bf16": 16, "f32": 32, "f64": 64, "c64": 64, "c128": 128,
-    "f8e4m3fn": 8, "f8e5m2": 8, "f8e4m3": 8, "f8e3m4": 8, "f8e4m3b11fnuz": 8,
-    "f8e4m3fnuz": 8, "f8e5m2fnuz": 8, "f8e8m0fnu": 8, "f4e2m1fn": 4,
-    "token": 0,
+ELEMENT_BYTES = {
+    "pred": 1, "s2": 1, "u2": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1,
+    "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3b11fnuz": 1, "f8e4m3fnuz": 1,
+    "f8e5m2fnuz": 1, "f8e4m3": 1, "f8e3m4": 1, "f4e2m1fn": 1, "f8e8m0fnu": 1,
+    "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+    "s32": 4, "u32": 4, "f32": 4,
+    "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+    "c128": 16,
 }
 
-_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^{}]*\})?")
-_MEMORY_SPACE = re.compile(r"S\((\d+)\)")
-_NO_TRAFFIC = frozenset({
-    "parameter", "get-tuple-element", "tuple", "bitcast", "constant",
-    "after-all", "opt-barrier", "partition-id", "replica-id",
+# Opcodes that name, forward or wait for buffers without moving their bytes.
+FREE_OPCODES = frozenset({
+    "parameter", "constant", "get-tuple-element", "tuple", "bitcast",
+    "copy-done", "all-reduce-done", "all-gather-done", "collective-permute-done",
+    "async-done", "async-update", "send-done", "recv-done", "after-all",
+    "partition-id", "replica-id", "iota", "opt-barrier", "add-dependency",
 })
 
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][\w\-]*)\((.*)$")
+_COMPUTATION = re.compile(r"^\s*(ENTRY\s+)?%?([\w.\-]+)\s*(?:\([^)]*\)|.*)\s*"
+                          r"->\s*.*\{\s*$")
 
-@dataclasses.dataclass(frozen=True)
-class Array:
-  """One array of an HLO shape: its size in bytes and memory space."""
-  nbytes: int
+
+class Array(NamedTuple):
+  """One array of a (possibly tuple) HLO shape."""
+  dtype: str
+  dims: tuple[int, ...]
   memory_space: int
 
+  @property
+  def num_bytes(self) -> int:
+    size = ELEMENT_BYTES.get(self.dtype, 0)
+    for d in self.dims:
+      size *= d
+    return size
 
-def parse_shape(text: str) -> list[Array]:
-  """The arrays of an HLO shape string (a tuple gives several).
-
-  Args:
-    text: e.g. ``"(f32[8,128]{1,0:T(8,128)S(1)}, s32[])"``.
-
-  Returns:
-    One :class:`Array` per array in the shape, in order.
-  """
-  arrays = []
-  for dtype, dims, layout in _ARRAY.findall(text):
-    if dtype not in _BITS:
-      continue
-    count = 1
-    for d in dims.split(","):
-      if d:
-        count *= int(d)
-    space = _MEMORY_SPACE.search(layout or "")
-    arrays.append(Array(nbytes=(count * _BITS[dtype] + 7) // 8,
-                        memory_space=int(space.group(1)) if space else 0))
-  return arrays
+  @property
+  def in_hbm(self) -> bool:
+    return self.memory_space == 0
 
 
-@dataclasses.dataclass
-class Instruction:
+class Instruction(NamedTuple):
   name: str
-  shape: list[Array]
+  shape: tuple[Array, ...]
   opcode: str
-  operands: list[str]
+  operands: tuple[str, ...]
   attributes: str
 
 
-_INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][a-z0-9\-]*)\((.*)$")
+class TrafficReport(NamedTuple):
+  """HBM bytes of a compiled program.
+
+  Attributes:
+    total_bytes: bytes read from and written to HBM.
+    by_opcode: the same split by opcode (``fusion``, ``copy-start``, ...).
+    instructions: ``(name, opcode, bytes)`` for every instruction charged.
+  """
+  total_bytes: int
+  by_opcode: dict[str, int]
+  instructions: list[tuple[str, str, int]]
 
 
-def _split_operands(rest: str) -> tuple[str, str]:
-  """Splits ``a, b), attr=...`` at the parenthesis closing the operand list."""
+def parse_shape(text: str) -> tuple[Array, ...]:
+  """The arrays of an HLO shape string such as ``(f32[8]{0:S(1)}, s32[])``."""
+  arrays = []
+  for dtype, dims, layout in _ARRAY.findall(text):
+    if dtype not in ELEMENT_BYTES:
+      continue
+    space = re.search(r"S\((\d+)\)", layout or "")
+    arrays.append(Array(dtype, tuple(int(d) for d in dims.split(",") if d),
+                        int(space.group(1)) if space else 0))
+  return tuple(arrays)
+
+
+def _split_operands(text: str) -> tuple[str, str]:
+  """Splits ``a, b), attrs`` at the parenthesis closing the operand list."""
   depth = 1
-  for i, ch in enumerate(rest):
+  for i, ch in enumerate(text):
     if ch in "([{":
       depth += 1
     elif ch in ")]}":
       depth -= 1
       if depth == 0:
-        return rest[:i], rest[i + 1:]
-  return rest, ""
+        return text[:i], text[i + 1:]
+  return text, ""
 
 
-def parse_module(text: str) -> tuple[dict[str, list[Instruction]], str]:
-  """Computations of an HLO module: ``{name: instructions}`` and the entry's name."""
+def parse_computations(hlo_text: str) -> tuple[dict[str, list[Instruction]],
+                                                 Optional[str]]:
+  """All computations of an HLO module: ``{name: instructions}``, entry name."""
   computations: dict[str, list[Instruction]] = {}
   entry = None
   current = None
-  for line in text.splitlines():
+  for line in hlo_text.splitlines():
     stripped = line.strip()
-    header = re.match(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{$", stripped)
-    if header and "=" not in stripped.split("(")[0]:
-      current = header.group(2)
-      computations[current] = []
-      if header.group(1):
-        entry = current
+    if current is None:
+      header = _COMPUTATION.match(line)
+      if header and not stripped.startswith("HloModule"):
+        current = header.group(2)
+        computations[current] = []
+        if header.group(1):
+          entry = current
       continue
     if stripped == "}":
       current = None
       continue
-    if current is None:
-      continue
     match = _INSTRUCTION.match(line)
     if not match:
       continue
-    name, shape, opcode, rest = match.groups()
+    name, shape_text, opcode, rest = match.groups()
     operand_text, attributes = _split_operands(rest)
-    operands = re.findall(r"%([\w.\-]+)", operand_text)
+    operands = tuple(re.findall(r"%([\w.\-]+)", operand_text))
     computations[current].append(
-        Instruction(name, parse_shape(shape), opcode, operands, attributes))
-  if entry is None:
-    raise ValueError("no ENTRY computation in the HLO text")
+        Instruction(name, parse_shape(shape_text), opcode, operands,
+                    attributes))
   return computations, entry
 
 
-@dataclasses.dataclass
-class Traffic:
-  """What one computation (and what it calls) moves and costs."""
-  hbm_bytes: int = 0
-  estimated_cycles: int = 0
-  fusions: int = 0
-  conditionals: int = 0
-
-  def add(self, other: "Traffic") -> None:
-    for f in dataclasses.fields(self):
-      setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-def _hbm(arrays: list[Array]) -> int:
-  return sum(a.nbytes for a in arrays if a.memory_space == 0)
+def _hbm_bytes(arrays: tuple[Array, ...]) -> int:
+  return sum(a.num_bytes for a in arrays if a.in_hbm)
 
 
 def _called(attributes: str, key: str) -> list[str]:
-  found = re.search(key + r"=\{?([^}]*?)\}?(?:,\s[a-z_]+=|$)", attributes)
-  if not found:
-    return []
-  return re.findall(r"%?([\w.\-]+)", found.group(1))
+  """Computation names an attribute such as ``body=%b`` or ``branch_computations={%a, %b}`` names."""
+  match = re.search(key + r"=\{([^}]*)\}", attributes)
+  if match:
+    return re.findall(r"%?([\w.\-]+)", match.group(1))
+  match = re.search(key + r"=%?([\w.\-]+)", attributes)
+  return [match.group(1)] if match else []
 
 
-def computation_traffic(computations: dict[str, list[Instruction]],
-                        name: str) -> Traffic:
-  """:class:`Traffic` of one computation, recursing into control flow."""
-  shapes = {i.name: i.shape for i in computations[name]}
-  total = Traffic()
-  for inst in computations[name]:
-    op = inst.opcode
-    if op in _NO_TRAFFIC or op.endswith("-done"):
+def _computation_traffic(name: str, computations: dict[str, list[Instruction]],
+                         charged: list[tuple[str, str, int]]) -> int:
+  shapes = {ins.name: ins.shape for ins in computations.get(name, [])}
+  total = 0
+  for ins in computations.get(name, []):
+    if ins.opcode in FREE_OPCODES or ins.opcode.endswith("-done"):
       continue
-    if op == "conditional":
-      total.conditionals += 1
-      branches = (_called(inst.attributes, "branch_computations")
-                  or _called(inst.attributes, "true_computation")
-                  + _called(inst.attributes, "false_computation"))
-      costs = [computation_traffic(computations, b) for b in branches
-               if b in computations]
+    if ins.opcode == "conditional":
+      branches = (_called(ins.attributes, "branch_computations")
+                  or _called(ins.attributes, "true_computation")
+                  + _called(ins.attributes, "false_computation"))
+      costs = []
+      for branch in branches:
+        sub: list[tuple[str, str, int]] = []
+        costs.append((_computation_traffic(branch, computations, sub), sub))
       if costs:
-        total.add(max(costs, key=lambda t: t.hbm_bytes))
+        cost, sub = max(costs, key=lambda c: c[0])
+        charged.extend(sub)
+        total += cost
       continue
-    if op in ("while", "call"):
-      for key in ("body", "condition", "to_apply"):
-        for callee in _called(inst.attributes, key):
-          if callee in computations:
-            total.add(computation_traffic(computations, callee))
+    if ins.opcode in ("while", "call"):
+      for sub_name in (_called(ins.attributes, "body")
+                       + _called(ins.attributes, "to_apply")):
+        total += _computation_traffic(sub_name, computations, charged)
       continue
-    operand_arrays = [a for o in inst.operands for a in shapes.get(o, [])]
-    if op in ("copy-start", "slice-start"):
-      # A prefetch (HBM -> on chip) or eviction (on chip -> HBM) moves the
-      # copied bytes once; a copy within HBM reads and writes them. The
-      # shape is (destination, source, context) for copy-start and
-      # ((source), destination, context) for slice-start.
-      src = operand_arrays[0]
-      dst = inst.shape[0] if op == "copy-start" else inst.shape[1]
-      total.hbm_bytes += dst.nbytes * ((src.memory_space == 0)
-                                       + (dst.memory_space == 0))
-      continue
-    if op == "fusion":
-      total.fusions += 1
-    cycles = re.search(r'"estimated_cycles":"(\d+)"', inst.attributes)
-    if cycles:
-      total.estimated_cycles += int(cycles.group(1))
-    total.hbm_bytes += _hbm(operand_arrays) + _hbm(inst.shape)
+    operand_arrays = [a for op in ins.operands for a in shapes.get(op, ())]
+    if ins.opcode in ("copy-start", "slice-start"):
+      # copy-start: (destination, source, context); slice-start: ((source),
+      # destination, context). The copied bytes move once, or twice (read
+      # and write) for a copy from HBM to HBM.
+      source = operand_arrays[0]
+      dest = ins.shape[0] if ins.opcode == "copy-start" else ins.shape[1]
+      moved = dest.num_bytes * (source.in_hbm + dest.in_hbm)
+    else:
+      moved = _hbm_bytes(tuple(operand_arrays)) + _hbm_bytes(ins.shape)
+    if moved:
+      charged.append((ins.name, ins.opcode, moved))
+      total += moved
   return total
 
 
-def module_traffic(hlo_text: str) -> Traffic:
-  """:class:`Traffic` of the entry computation of an optimized HLO module.
+def hbm_traffic(hlo_text: str) -> TrafficReport:
+  """HBM bytes read and written by the entry computation of compiled HLO.
 
   Args:
-    hlo_text: ``compiled.as_text()``.
+    hlo_text: ``compiled.as_text()`` of a jitted function.
 
   Returns:
-    HBM bytes moved, summed fusion ``estimated_cycles`` and op counts.
+    A :class:`TrafficReport`.
   """
-  computations, entry = parse_module(hlo_text)
-  return computation_traffic(computations, entry)
+  computations, entry = parse_computations(hlo_text)
+  if entry is None:
+    raise ValueError("hlo_text has no ENTRY computation.")
+  charged: list[tuple[str, str, int]] = []
+  total = _computation_traffic(entry, computations, charged)
+  by_opcode: dict[str, int] = collections.defaultdict(int)
+  for _, opcode, moved in charged:
+    by_opcode[opcode] += moved
+  return TrafficReport(total, dict(by_opcode), charged)
 
+
+def count_ops(hlo_text: str, opcode: str) -> int:
+  """Number of instructions with ``opcode`` (``all-reduce`` counts ``-start``).
+
+  Matches ``opcode(`` as a whole word, so ``conditional`` does not match
+  inside ``unconditional_clip`` and ``all-reduce.3`` (a name) is not counted.
+  """
+  pattern = r"(?<![\w.\-])" + re.escape(opcode) + r"(?:-start)?\("
+  return len(re.findall(pattern, hlo_text))
+
+
+def entry_opcode_counts(hlo_text: str) -> dict[str, int]:
+  """How many instructions of each opcode the entry computation holds."""
+  computations, entry = parse_computations(hlo_text)
+  return dict(collections.Counter(i.opcode for i in computations[entry]))
+
+
+def estimated_cycles(hlo_text: str) -> int:
+  """Sum of XLA:TPU's ``estimated_cycles`` over the entry computation's ops.
+
+  XLA:TPU writes its cost model's cycle estimate of each fusion (and of some
+  other ops) into the op's ``backend_config``; 0 for other backends.
+  """
+  computations, entry = parse_computations(hlo_text)
+  total = 0
+  for ins in computations[entry]:
+    match = re.search(r'"estimated_cycles":"(\d+)"', ins.attributes)
+    if match:
+      total += int(match.group(1))
+  return total
+
+
+def fusion_cycles(hlo_text: str) -> list[tuple[str, int, str]]:
+  """``(name, estimated_cycles, output shape)`` per entry instruction, largest first."""
+  computations, entry = parse_computations(hlo_text)
+  rows = []
+  for ins in computations[entry]:
+    match = re.search(r'"estimated_cycles":"(\d+)"', ins.attributes)
+    if match:
+      shape = ", ".join(f"{a.dtype}{list(a.dims)}" for a in ins.shape)
+      rows.append((ins.name, int(match.group(1)), shape))
+  return sorted(rows, key=lambda r: -r[1])
+
+
+def corrected_optimal_seconds(cost: dict, hlo_text: str) -> float:
+  """XLA:TPU's ``optimal_seconds`` without its -1 s per ``ConcatBitcast``.
+
+  On v4 and v5e the cost analysis charges each ``ConcatBitcast`` custom call
+  of the entry computation -1 second (the raw figure is minus their count plus
+  a few milliseconds); those inside a ``conditional``'s branches are not
+  charged, so only the entry computation's are added back.
+  """
+  computations, entry = parse_computations(hlo_text)
+  count = sum('custom_call_target="ConcatBitcast"' in ins.attributes
+              for ins in computations[entry])
+  return float(cost.get("optimal_seconds", 0.0)) + count
