@@ -246,19 +246,33 @@ def entry_opcode_counts(hlo_text: str) -> dict[str, int]:
   return dict(collections.Counter(i.opcode for i in computations[entry]))
 
 
-def estimated_cycles(hlo_text: str) -> int:
-  """Sum of XLA:TPU's ``estimated_cycles`` over the entry computation's ops.
-
-  XLA:TPU writes its cost model's cycle estimate of each fusion (and of some
-  other ops) into the op's ``backend_config``; 0 for other backends.
-  """
-  computations, entry = parse_computations(hlo_text)
+def _cycles(name: str, computations: dict[str, list[Instruction]]) -> int:
   total = 0
-  for ins in computations[entry]:
+  for ins in computations.get(name, []):
+    if ins.opcode == "conditional":
+      branches = (_called(ins.attributes, "branch_computations")
+                  or _called(ins.attributes, "true_computation")
+                  + _called(ins.attributes, "false_computation"))
+      # The branch that moves the most HBM bytes, as in the traffic count.
+      costs = [(_computation_traffic(b, computations, []),
+                _cycles(b, computations)) for b in branches]
+      total += max(costs, default=(0, 0))[1]
+      continue
     match = re.search(r'"estimated_cycles":"(\d+)"', ins.attributes)
     if match:
       total += int(match.group(1))
   return total
+
+
+def estimated_cycles(hlo_text: str) -> int:
+  """Sum of XLA:TPU's ``estimated_cycles`` over the entry computation's ops.
+
+  XLA:TPU writes its cost model's cycle estimate of each fusion (and of some
+  other ops) into the op's ``backend_config``; 0 for other backends. A
+  ``conditional`` adds the branch that :func:`hbm_traffic` charges.
+  """
+  computations, entry = parse_computations(hlo_text)
+  return _cycles(entry, computations)
 
 
 def fusion_cycles(hlo_text: str) -> list[tuple[str, int, str]]:
