@@ -460,8 +460,12 @@ def format_compile_table(results: list[tuple[str, xla_targets.Analysis]],
   return "\n".join(lines)
 
 
-def target_report(target: str, args: argparse.Namespace) -> str:
-  """Compile tables of every tree in ``args.trees`` for one target."""
+def target_report(target: str, args: argparse.Namespace,
+                  out_path: Optional[str] = None) -> str:
+  """Compile tables of every tree in ``args.trees`` for one target.
+
+  With ``out_path``, the tables done so far are written there after each tree.
+  """
   device = xla_targets.target_device(target)
   gpt = gpt_shapes(args.width, args.vocab, args.layers)
   report = [f"# Clip overhead compiled for {target} ({device.device_kind})", ""]
@@ -490,6 +494,8 @@ def target_report(target: str, args: argparse.Namespace) -> str:
         "",
     ]
     print(f"{target} {tree} done", file=sys.stderr, flush=True)
+    if out_path:
+      _write(out_path, "\n".join(report))
   report += [
       "Compiler estimates from a program compiled for a device that is not "
       "present; nothing ran. "
@@ -548,24 +554,28 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   if args.target:
     texts = []
     for target in args.target:
-      text = target_report(target, args)
+      path = None
+      if args.out_dir:
+        path = os.path.join(args.out_dir, f"clip_overhead_{target}.txt")
+      text = target_report(target, args, path)
       if target == "cpu":
         text = wall_time_report(args) + "\n\n" + text
       texts.append(text)
       print(text, flush=True)
-      if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)
-        path = os.path.join(args.out_dir, f"clip_overhead_{target}.txt")
-        with open(path, "w", encoding="utf-8") as f:
-          f.write(text + "\n")
+      if path:
+        _write(path, text)
     return "\n\n".join(texts)
   text = wall_time_report(args)
   print(text)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
+    _write(args.out, text)
   return text
+
+
+def _write(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text + "\n")
 
 
 def wall_time_report(args: argparse.Namespace) -> str:
