@@ -101,9 +101,13 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def compile_steps(target: str, args: argparse.Namespace
+def compile_steps(target: str, args: argparse.Namespace,
+                  out_path: Optional[str] = None
                   ) -> tuple[int, list[tuple[str, xla_targets.Analysis]]]:
-  """Compiles the step of every variant for ``target``; nothing runs."""
+  """Compiles the step of every variant for ``target``; nothing runs.
+
+  With ``out_path``, the table so far is written there after each variant.
+  """
   device = xla_targets.target_device(target)
   model = nnx.eval_shape(lambda: GPT(args.vocab, args.width, args.layers,
                                      args.heads, args.context,
@@ -121,7 +125,35 @@ def compile_steps(target: str, args: argparse.Namespace
     results.append((name, xla_targets.analyze(compiled)))
     print(f"{target} {name}: compiled in {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)
+    if out_path:
+      _write(out_path, report(target, args, num_params, results, start))
   return num_params, results
+
+
+def report(target: str, args: argparse.Namespace, num_params: int,
+           results: list[tuple[str, xla_targets.Analysis]],
+           start: float) -> str:
+  """Markdown report of one target."""
+  return "\n".join([
+      f"# Whole training step compiled for {target}: GPT-2-shaped model, "
+      f"{num_params / 1e6:.1f}M parameters, batch {args.batch}x"
+      f"{args.context} tokens, bfloat16 activations",
+      "",
+      format_table(results),
+      "",
+      "The clip's share is (variant - adamw) / variant. Compiler estimates "
+      "of a program compiled for a device that is not present; nothing ran"
+      + ("; XLA:GPU has no optimal_seconds" if target.startswith("gpu")
+         else "")
+      + f". jax {jax.__version__}, optax {optax.__version__}; compiled in "
+      f"{time.perf_counter() - start:.0f} s.",
+  ])
+
+
+def _write(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text + "\n")
 
 
 def _share(x: Optional[float], base: Optional[float]) -> str:
@@ -186,28 +218,13 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   texts = []
   for target in args.target:
     start = time.perf_counter()
-    num_params, results = compile_steps(target, args)
-    text = "\n".join([
-        f"# Whole training step compiled for {target}: GPT-2-shaped model, "
-        f"{num_params / 1e6:.1f}M parameters, batch {args.batch}x"
-        f"{args.context} tokens, bfloat16 activations",
-        "",
-        format_table(results),
-        "",
-        "The clip's share is (variant - adamw) / variant. Compiler estimates "
-        "of a program compiled for a device that is not present; nothing ran"
-        + ("; XLA:GPU has no optimal_seconds" if target.startswith("gpu")
-           else "")
-        + f". jax {jax.__version__}, optax {optax.__version__}; compiled in "
-        f"{time.perf_counter() - start:.0f} s.",
-    ])
+    path = None
+    if args.out_dir:
+      path = os.path.join(args.out_dir, f"train_step_share_{target}.txt")
+    num_params, results = compile_steps(target, args, path)
+    text = report(target, args, num_params, results, start)
     print(text, flush=True)
     texts.append(text)
-    if args.out_dir:
-      os.makedirs(args.out_dir, exist_ok=True)
-      path = os.path.join(args.out_dir, f"train_step_share_{target}.txt")
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
   return "\n\n".join(texts)
 
 
