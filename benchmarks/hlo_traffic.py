@@ -11,9 +11,9 @@ program (``compiled.as_text()``):
   writes its outputs. An array lives in HBM when its layout carries no memory
   space annotation or ``S(0)``; ``S(1)`` (VMEM), ``S(2)`` (semaphores/SMEM)
   and the rest are on chip, so an operand or output there moves no HBM bytes.
-* A ``copy-start`` moves its bytes once: a prefetch (HBM -> on chip) counts its
-  HBM operand, an eviction (on chip -> HBM) its HBM destination.
-  ``copy-done``, ``*-done``, ``get-tuple-element``, ``tuple``, ``bitcast``,
+* A ``copy-start`` or ``slice-start`` (asynchronous copy or slice) moves its
+  destination's bytes once: a prefetch (HBM -> on chip) or an eviction (on
+  chip -> HBM) counts once, an on-chip copy not at all. ``*-done``, ``get-tuple-element``, ``tuple``, ``bitcast``,
   ``parameter`` and ``constant`` move nothing.
 * A ``conditional`` is charged its most expensive branch; a ``while`` or
   ``call`` its body once (the trip count is not known from the text).
@@ -173,7 +173,7 @@ def _computation_traffic(name: str, computations: dict[str, list[Instruction]],
   shapes = {ins.name: ins.shape for ins in computations.get(name, [])}
   total = 0
   for ins in computations.get(name, []):
-    if ins.opcode in FREE_OPCODES:
+    if ins.opcode in FREE_OPCODES or ins.opcode.endswith("-done"):
       continue
     if ins.opcode == "conditional":
       branches = (_called(ins.attributes, "branch_computations")
@@ -194,11 +194,14 @@ def _computation_traffic(name: str, computations: dict[str, list[Instruction]],
         total += _computation_traffic(sub_name, computations, charged)
       continue
     operand_arrays = [a for op in ins.operands for a in shapes.get(op, ())]
-    if ins.opcode == "copy-start":
-      # (destination, source, context): the bytes move once, counted on the
-      # side that is in HBM.
-      moved = _hbm_bytes(tuple(operand_arrays)) + _hbm_bytes(ins.shape[:1])
-      moved = min(moved, sum(a.num_bytes for a in ins.shape[:1]))
+    if ins.opcode in ("copy-start", "slice-start"):
+      # Asynchronous copies and slices: the bytes of the destination move
+      # once, when the source or the destination is in HBM. A copy-start's
+      # shape is (destination, source, context), a slice-start's
+      # ((source), destination, context).
+      dest = ins.shape[0] if ins.opcode == "copy-start" else ins.shape[-2]
+      touches_hbm = dest.in_hbm or any(a.in_hbm for a in operand_arrays)
+      moved = dest.num_bytes if touches_hbm else 0
     else:
       moved = _hbm_bytes(tuple(operand_arrays)) + _hbm_bytes(ins.shape)
     if moved:

@@ -106,7 +106,8 @@ def compile_step(variant: str, shapes, grad_dtype, device) -> Any:
                                                     grads).compile()
 
 
-def measure(target: str, tree: str) -> list[dict[str, Any]]:
+def measure(target: str, tree: str,
+            variants=VARIANTS) -> list[dict[str, Any]]:
   """One row per variant for a target and a tree."""
   topology = topologies.get_topology_desc(
       platform="tpu", topology_name=TOPOLOGIES[target])
@@ -114,7 +115,7 @@ def measure(target: str, tree: str) -> list[dict[str, Any]]:
   grad_bytes = sum(int(np.prod(s)) for s in shapes.values()) * np.dtype(
       grad_dtype).itemsize
   rows = []
-  for variant in VARIANTS:
+  for variant in variants:
     compiled = compile_step(variant, shapes, grad_dtype, topology.devices[0])
     text = compiled.as_text()
     cost = compiled.cost_analysis()
@@ -159,12 +160,14 @@ def main() -> None:
                       choices=sorted(TOPOLOGIES))
   parser.add_argument("--trees", nargs="+", default=["gpt", "gpt-bf16",
                                                       "small"])
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                      choices=VARIANTS)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   rows = []
   for target in args.targets:
     for tree in args.trees:
-      rows += measure(target, tree)
+      rows += measure(target, tree, args.variants)
       print(f"done {target} {tree}", file=sys.stderr, flush=True)
   text = format_rows(rows) + (
       f"\n\njax {jax.__version__}, optax {optax.__version__}, deviceless "
