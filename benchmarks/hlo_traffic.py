@@ -11,10 +11,9 @@ program (``compiled.as_text()``):
   writes its outputs. An array lives in HBM when its layout carries no memory
   space annotation or ``S(0)``; ``S(1)`` (VMEM), ``S(2)`` (semaphores/SMEM)
   and the rest are on chip, so an operand or output there moves no HBM bytes.
-* A ``copy-start`` or ``slice-start`` moves its bytes once: a prefetch (HBM ->
-  on chip) counts the bytes it copies (for a ``slice-start``, the slice, not
-  the whole operand), an eviction (on chip -> HBM) its HBM destination.
-  Every ``*-done``, ``get-tuple-element``, ``tuple``, ``bitcast``,
+* A ``copy-start`` or ``slice-start`` (asynchronous copy or slice) moves its
+  destination's bytes once: a prefetch (HBM -> on chip) or an eviction (on
+  chip -> HBM) counts once, an on-chip copy not at all. ``*-done``, ``get-tuple-element``, ``tuple``, ``bitcast``,
   ``parameter`` and ``constant`` move nothing.
 * A ``conditional`` is charged its most expensive branch; a ``while`` or
   ``call`` its body once (the trip count is not known from the text).
@@ -196,12 +195,13 @@ def _computation_traffic(name: str, computations: dict[str, list[Instruction]],
       continue
     operand_arrays = [a for op in ins.operands for a in shapes.get(op, ())]
     if ins.opcode in ("copy-start", "slice-start"):
-      # copy-start: (destination, source, context); slice-start: ((source),
-      # destination, context). The copied bytes move once, or twice (read
-      # and write) for a copy from HBM to HBM.
-      source = operand_arrays[0]
-      dest = ins.shape[0] if ins.opcode == "copy-start" else ins.shape[1]
-      moved = dest.num_bytes * (source.in_hbm + dest.in_hbm)
+      # Asynchronous copies and slices: the bytes of the destination move
+      # once, when the source or the destination is in HBM. A copy-start's
+      # shape is (destination, source, context), a slice-start's
+      # ((source), destination, context).
+      dest = ins.shape[0] if ins.opcode == "copy-start" else ins.shape[-2]
+      touches_hbm = dest.in_hbm or any(a.in_hbm for a in operand_arrays)
+      moved = dest.num_bytes if touches_hbm else 0
     else:
       moved = _hbm_bytes(tuple(operand_arrays)) + _hbm_bytes(ins.shape)
     if moved:
