@@ -242,7 +242,9 @@ def _summed(tree: Any, axis_name: Optional[AxisName],
   if partition_specs is None:
     local = _pairwise_sum([_leaf_sums(x) for x in jax.tree.leaves(tree)
                            if is_counted(x)])
-    return distributed.all_sum(local, axis_name)
+    # One [2] vector, so that JAX emits one all-reduce, not one per sum.
+    total = distributed.all_sum(jnp.stack(local), axis_name)
+    return total[0], total[1]
   leaves = jax.tree.leaves(tree)
   specs = leaf_partition_specs(tree, partition_specs)
   groups: dict[tuple[Hashable, ...], list] = {}
@@ -258,7 +260,8 @@ def _summed(tree: Any, axis_name: Optional[AxisName],
       first = _is_first(replicated)
       total = tuple(jnp.where(first, t, 0.0) for t in total)
     local.append(total)
-  return distributed.all_sum(_pairwise_sum(local), named)
+  total = distributed.all_sum(jnp.stack(_pairwise_sum(local)), named)
+  return total[0], total[1]
 
 
 def global_norm_squared(
