@@ -17,7 +17,7 @@ Three ways to say how a tree is laid out over devices:
   of those axes, so one ``psum`` over all named axes counts it once.
 """
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Any, Optional
 
 import jax
