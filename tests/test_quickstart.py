@@ -223,7 +223,7 @@ def test_benchmark_main_writes_the_tables(tmp_path, capsys):
   names = [r.split("|")[1].strip() for r in rows]
   for name in bench.VARIANTS:
     assert name in names
-  assert re.search(r"^\| 4 \| 2 \| 2 \| 2 \| 2 \|$", text, re.MULTILINE)
+  assert re.search(r"^\| 4 \| 2 \| 1 \| 1 \| 1 \|$", text, re.MULTILINE)
 
 
 @pytest.mark.parametrize("example", sorted(

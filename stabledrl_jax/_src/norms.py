@@ -13,10 +13,11 @@ Three ways to say how a tree is laid out over devices:
   split over those axes; one ``psum``;
 * ``partition_specs``: a pytree of ``PartitionSpec`` (shard_map's
   ``in_specs``); each leaf is summed over exactly the mesh axes its spec names,
-  replicated leaves are counted once, one ``psum`` per distinct set of axes.
+  a leaf replicated over some of the named axes is counted only at index 0
+  of those axes, so one ``psum`` over all named axes counts it once.
 """
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Any, Optional
 
 import jax
@@ -36,112 +37,81 @@ def is_counted(leaf: Any) -> bool:
   return bool(jnp.issubdtype(leaf.dtype, jnp.inexact))
 
 
-# Blue's scaled sum of squares (J. L. Blue, "A portable Fortran program to
-# find the Euclidean norm of a vector", ACM TOMS 4(1), 1978; the scheme of
-# LAPACK 3.10's nrm2, E. Anderson, "Algorithm 978: Safe scaling in the Level 1
-# BLAS", ACM TOMS 44(1), 2017). Every element falls in one of three bins by
-# its magnitude and is squared after a fixed power-of-two scaling, so no
-# square overflows or leaves the normal range:
-#
-#   bin    |x| in              accumulates         each term in
-#   big    (2**44, inf]        (x * 2**-88)**2     (2**-88, 2**80]
-#   mid    [2**-60, 2**44]     x**2                [2**-120, 2**88]
-#   small  [0, 2**-60)         (x * 2**88)**2      [0, 2**56), normal if > 0
-#
-# One pass over the data, no maximum to find first, and the three sums stay
-# finite for up to 2**39 elements: they can be added across leaves and summed
-# over devices with one psum. NaN compares false with both thresholds, so it
-# lands in the mid bin and makes it NaN; inf lands in the big bin.
-_BIG = 2.0**44
-_SMALL = 2.0**-60
-_DOWN = 2.0**-88
-_UP = 2.0**88
-# Below this root of the mid sum, the norm is combined in the small bin's
-# scale (where 2**-30 * 2**88 stays finite), so that the small bin keeps its
-# precision; above it the small bin's terms are negligible or normal.
-_MID_FLOOR = 2.0**-30
+# Two sums per leaf, filled in the same pass: ``Σ x²`` and ``Σ (x·2⁻⁸⁸)²``.
+# The first is the answer whenever it is finite; it overflows only when the
+# norm exceeds ~1.8e19, and then the second, whose terms never overflow (at
+# most (2¹²⁸·2⁻⁸⁸)² = 2⁸⁰, finite for 2⁴⁷ elements), holds the norm at scale
+# 2⁻⁸⁸. Elements below 2²⁵ underflow in the second sum but add less than
+# n·2⁵⁰ to a square above 2¹²⁸: nothing at float32 precision. The scaled-sum
+# idea is the one of BLAS's nrm2 (J. L. Blue, "A portable Fortran program to
+# find the Euclidean norm of a vector", ACM TOMS 4(1), 1978), with a fixed
+# power-of-two scale so that the sums can be added across leaves and devices
+# as they are: one psum, no pmax of a scale first.
+_LOG2_DOWN = -88
 
 
-def _real_bins(x: jax.Array) -> jax.Array:
-  """``[3]`` float32 sums (big, mid, small) of a real array's scaled squares."""
+def _scale_factor(dtype: jnp.dtype) -> jax.Array:
+  """``2**-88`` hidden from XLA's constant folding.
+
+  XLA rewrites ``(x * c) * (x * c)`` as ``(x * x) * (c * c)`` for a constant
+  ``c``: ``x * x`` would overflow again and ``c * c`` is 0 in float32.
+  """
+  return jax.lax.optimization_barrier(jnp.asarray(2.0**_LOG2_DOWN, dtype))
+
+
+def _real_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(Σ x², Σ (x·2⁻⁸⁸)²)`` of a real array, as float32 scalars."""
   info = jnp.finfo(x.dtype)
-  # A dtype whose largest value squares finitely and whose smallest subnormal
-  # squares to a normal float32 (fp16, fp8) needs the mid bin only.
-  has_big = float(info.max) > _BIG
-  has_small = float(info.smallest_subnormal) < _SMALL
   # Float64 leaves (x64 mode) are accumulated in float64, the rest in float32.
   dtype = jnp.float64 if info.bits == 64 else jnp.float32
-  x = x.astype(dtype)
   zero = jnp.zeros((), dtype)
-  magnitude = jnp.abs(x)
-  big = magnitude > _BIG if has_big else None
-  small = magnitude < _SMALL if has_small else None
-  mid = x
-  if big is not None:
-    mid = jnp.where(big, zero, mid)
-  if small is not None:
-    mid = jnp.where(small, zero, mid)
-  terms = [None if big is None else jnp.where(big, x * _DOWN, zero),
-           mid,
-           None if small is None else jnp.where(small, x * _UP, zero)]
-  present = [t for t in terms if t is not None]
+  x = x.astype(dtype)
   dims = tuple(range(x.ndim))
-  # One variadic reduce: every bin is filled in the same pass over ``x``.
-  sums = jax.lax.reduce(
-      tuple(t * t for t in present), tuple(zero for _ in present),
-      lambda a, b: tuple(p + q for p, q in zip(a, b)), dims)
-  sums = iter(sums)
-  return jnp.stack([jnp.zeros((), jnp.float32) if t is None
-                    else next(sums).astype(jnp.float32) for t in terms])
+  add = lambda a, b: tuple(p + q for p, q in zip(a, b))
+  if float(info.max) ** 2 < float(jnp.finfo(jnp.float32).max) / 2**40:
+    # float16, fp8: squares cannot overflow float32; one sum.
+    return jnp.sum(x * x).astype(jnp.float32), jnp.zeros((), jnp.float32)
+  scaled = x * _scale_factor(dtype)
+  # One variadic reduce: both sums come from the same read of ``x``.
+  plain, small = jax.lax.reduce((x * x, scaled * scaled), (zero, zero), add,
+                                dims)
+  return plain.astype(jnp.float32), small.astype(jnp.float32)
 
 
-def _leaf_bins(leaf: Any) -> jax.Array:
-  """``[3]`` float32 scaled sums of ``|leaf|**2`` (see :func:`_real_bins`)."""
+def _leaf_sums(leaf: Any) -> tuple[jax.Array, jax.Array]:
+  """:func:`_real_sums` of a leaf; complex leaves add both parts."""
   leaf = jnp.asarray(leaf)
   if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
-    return _real_bins(jnp.real(leaf)) + _real_bins(jnp.imag(leaf))
-  return _real_bins(leaf)
+    return _add(_real_sums(jnp.real(leaf)), _real_sums(jnp.imag(leaf)))
+  return _real_sums(leaf)
 
 
-def _pairwise_sum(values: list[jax.Array]) -> jax.Array:
-  """Sum of ``values`` as a balanced tree of adds (zeros when empty).
+def _add(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]):
+  return tuple(p + q for p, q in zip(a, b))
+
+
+def _pairwise_sum(values: list[tuple[jax.Array, jax.Array]]):
+  """Sum of pairs of scalars as a balanced tree of adds (zeros when empty).
 
   A linear chain ``((v0 + v1) + v2) + ...`` lets XLA:TPU run every leaf's
   reduction before the first add and keep all their partial results alive;
   with a balanced tree each add consumes two results as soon as they exist.
   """
   if not values:
-    return jnp.zeros((3,), jnp.float32)
+    return (jnp.zeros((), jnp.float32),) * 2
   while len(values) > 1:
-    pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
+    pairs = [_add(values[i], values[i + 1])
+             for i in range(0, len(values) - 1, 2)]
     values = pairs + values[len(pairs) * 2:]
   return values[0]
 
 
-def _scaled_root(bins: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``(root, unit)`` with ``||g|| = root * unit`` from the summed bins.
-
-  ``root`` is the square root of the sum of squares in the scale of the
-  largest non-empty bin and ``unit`` the power of two that undoes the scale,
-  so ``root`` is finite whenever every element is and ``root * unit``
-  overflows only when the norm itself exceeds float32's range.
-  """
-  big, mid, small = jnp.sqrt(bins[0]), jnp.sqrt(bins[1]), jnp.sqrt(bins[2])
-  # The bins' roots are combined with hypot in the scale of the largest
-  # non-empty bin; a smaller bin is negligible there unless it matters (see
-  # the table above). Only roots are rescaled, never squares: XLA rewrites
-  # (s * c) * (s * c) as (s * s) * (c * c), and c * c = 2**-176 is 0 in
-  # float32.
-  use_big = big > 0
-  use_mid = ~use_big & (mid >= _MID_FLOOR)
-  in_big = jnp.hypot(big, mid * _DOWN)
-  in_mid = jnp.hypot(mid, small * _DOWN)
-  # (The minimum keeps the branch finite where it is not used.)
-  in_small = jnp.hypot(jnp.minimum(mid, _MID_FLOOR) * _UP, small)
-  root = jnp.where(use_big, in_big, jnp.where(use_mid, in_mid, in_small))
-  unit = jnp.where(use_big, jnp.float32(_UP),
-                   jnp.where(use_mid, jnp.float32(1.0), jnp.float32(_DOWN)))
-  return root, unit
+def _norm_from_sums(plain: jax.Array, scaled: jax.Array) -> jax.Array:
+  """The norm from the summed ``Σ x²`` and ``Σ (x·2⁻⁸⁸)²``."""
+  overflowed = plain == jnp.inf
+  # (The where keeps a NaN of ``plain``: a NaN element.)
+  return jnp.where(overflowed, jnp.sqrt(scaled) * 2.0**-_LOG2_DOWN,
+                   jnp.sqrt(plain))
 
 
 def _spec_axes(spec: PartitionSpec) -> tuple[Hashable, ...]:
@@ -203,9 +173,9 @@ def _is_first(axes: tuple[Hashable, ...]) -> jax.Array:
   return first
 
 
-def _summed_bins(tree: Any, axis_name: Optional[AxisName],
-                 partition_specs: Any) -> jax.Array:
-  """The ``[3]`` scaled sums of squares of ``tree`` over all devices.
+def _summed(tree: Any, axis_name: Optional[AxisName],
+            partition_specs: Any) -> tuple[jax.Array, jax.Array]:
+  """``(Σ x², Σ (x·2⁻⁸⁸)²)`` of ``tree`` over all devices, one ``psum``.
 
   With ``partition_specs``, each device counts a leaf only if it is at index
   0 of every named mesh axis the leaf is replicated over, so a single
@@ -213,23 +183,28 @@ def _summed_bins(tree: Any, axis_name: Optional[AxisName],
   """
   check_layout(axis_name, partition_specs)
   if partition_specs is None:
-    local = _pairwise_sum([_leaf_bins(x) for x in jax.tree.leaves(tree)
+    local = _pairwise_sum([_leaf_sums(x) for x in jax.tree.leaves(tree)
                            if is_counted(x)])
-    return distributed.all_sum(local, axis_name)
+    # One [2] vector, so that JAX emits one all-reduce, not one per sum.
+    total = distributed.all_sum(jnp.stack(local), axis_name)
+    return total[0], total[1]
   leaves = jax.tree.leaves(tree)
   specs = leaf_partition_specs(tree, partition_specs)
-  groups: dict[tuple[Hashable, ...], list[jax.Array]] = {}
+  groups: dict[tuple[Hashable, ...], list] = {}
   for leaf, spec in zip(leaves, specs):
     if is_counted(leaf):
-      groups.setdefault(_spec_axes(spec), []).append(_leaf_bins(leaf))
+      groups.setdefault(_spec_axes(spec), []).append(_leaf_sums(leaf))
   named = tuple(sorted({a for axes in groups for a in axes}, key=str))
   local = []
-  for axes, bins in groups.items():
+  for axes, sums in groups.items():
     replicated = tuple(a for a in named if a not in axes)
-    total = _pairwise_sum(bins)
-    local.append(jnp.where(_is_first(replicated), total, 0.0)
-                 if replicated else total)
-  return distributed.all_sum(_pairwise_sum(local), named)
+    total = _pairwise_sum(sums)
+    if replicated:
+      first = _is_first(replicated)
+      total = tuple(jnp.where(first, t, 0.0) for t in total)
+    local.append(total)
+  total = distributed.all_sum(jnp.stack(_pairwise_sum(local)), named)
+  return total[0], total[1]
 
 
 def global_norm_squared(
@@ -240,12 +215,11 @@ def global_norm_squared(
 ) -> jax.Array:
   """Float32 squared L2 norm of the floating leaves of ``tree``.
 
-  Same arguments and semantics as :func:`global_norm`, computed from the same
-  overflow-safe sums, then squared. The square of a norm above ~1.8e19 does
-  not fit in float32 and is ``inf`` here (and that of a norm below ~1e-19 is
-  subnormal or 0), although every element is finite; :func:`global_norm` of
-  the same tree is finite and exact. Test finiteness on the norm, not on its
-  square.
+  Same arguments and semantics as :func:`global_norm`, from the same sums:
+  the float32 sum of squares itself. The square of a norm above ~1.8e19 does
+  not fit in float32 and is ``inf`` here although every element is finite;
+  :func:`global_norm` of the same tree is finite and exact. Test finiteness
+  on the norm, not on its square.
 
   Args:
     tree: a pytree of arrays (inside ``pmap``/``shard_map``, the local blocks).
@@ -265,12 +239,9 @@ def global_norm_squared(
     >>> float(global_norm_squared([jnp.float32(2e19)]))  # norm 2e19 is finite
     inf
   """
-  bins = _summed_bins(tree, axis_name, partition_specs)
-  root, unit = _scaled_root(bins)
-  # With the big and small bins empty the mid sum is the answer itself, and
-  # squaring its root would round it.
-  mid_only = (bins[0] == 0) & (bins[2] == 0)
-  return jnp.where(mid_only, bins[1], jnp.square(root * unit))
+  plain, scaled = _summed(tree, axis_name, partition_specs)
+  return jnp.where(plain == jnp.inf,
+                   jnp.square(_norm_from_sums(plain, scaled)), plain)
 
 
 def global_norm(
@@ -283,7 +254,12 @@ def global_norm(
 
   Every leaf is squared and summed in float32 (fp16/bf16 are upcast first,
   complex leaves contribute ``|z|²``) before any addition across leaves or
-  devices. Integer, bool and None leaves do not count.
+  devices. Integer, bool and None leaves do not count. The same pass over the
+  data also sums the squares scaled by 2⁻⁸⁸, so the norm of a finite tree is
+  finite and exact even when its square overflows float32 (norms above
+  ~1.8e19, up to float32's maximum): it is inf or NaN only for an inf or NaN
+  element. Squares below float32's normal range (elements below ~1e-19) add
+  nothing, so norms below ~1e-18 may be rounded down or 0.
 
   Args:
     tree: a pytree of arrays, e.g. gradients. Inside ``pmap``/``shard_map``,
@@ -295,9 +271,11 @@ def global_norm(
     partition_specs: a pytree of ``jax.sharding.PartitionSpec`` with the
       structure of ``tree`` or a prefix of it, exactly as shard_map's
       ``in_specs`` (one ``P()`` may stand for a whole replicated subtree).
-      Each leaf is summed over the mesh axes its spec names; a leaf whose spec
-      names none is replicated and counted once. One ``psum`` per distinct
-      set of axes. Mutually exclusive with ``axis_name``.
+      Each leaf is summed over the mesh axes its spec names; a leaf
+      replicated over some named axes is counted only on the devices at
+      index 0 of those axes, so one ``psum`` over every named axis counts each
+      element once, however many axis sets the specs use. Mutually exclusive
+      with ``axis_name``.
 
   Returns:
     A float32 scalar, identical on every device that took part.
@@ -313,7 +291,7 @@ def global_norm(
     >>> tree = [jnp.full((4,), 300.0, jnp.float16)]  # optax gives inf here
     >>> float(global_norm(tree))
     600.0
+    >>> float(global_norm([jnp.float32(2e19)]))  # its square overflows
+    2e+19
   """
-  root, unit = _scaled_root(
-      _summed_bins(tree, axis_name, partition_specs))
-  return root * unit
+  return _norm_from_sums(*_summed(tree, axis_name, partition_specs))
