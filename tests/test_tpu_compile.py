@@ -37,6 +37,9 @@ import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
 from benchmarks import hlo_traffic  # pylint: disable=g-import-not-at-top
 from benchmarks import norm_tpu  # pylint: disable=g-import-not-at-top
 
+# Minutes on two cores (deviceless XLA:TPU compiles): out of the quick loop, in CI.
+pytestmark = pytest.mark.slow
+
 TARGETS = ("v5e", "v5p")
 # The temp of the norm's partial sums grows with the leaves' sizes, so the
 # GPT-shaped trees are the real ones (63.6M parameters in 98 leaves).
