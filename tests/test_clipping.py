@@ -126,7 +126,10 @@ def test_partition_specs_mismatch_names_the_argument_and_the_path():
     with pytest.raises(ValueError, match="^partition_specs must be a prefix "
                        "of the updates' tree") as error:
       sdrl.global_norm(tree, partition_specs=specs)
-    assert re.search(where, str(error.value)), (specs, str(error.value))
+    # JAX's own message, which follows ours, names the key path and the
+    # types in jax 0.10; the oldest supported jax only says what differs.
+    if jax.__version_info__ >= (0, 10):
+      assert re.search(where, str(error.value)), (specs, str(error.value))
   with pytest.raises(ValueError, match="leaves must be PartitionSpec.*'x'"):
     sdrl.global_norm(tree, partition_specs={"dense": {"w": P(), "b": "x"},
                                             "emb": [P()]})

@@ -132,9 +132,9 @@ def leaf_partition_specs(tree: Any, partition_specs: Any) -> list[PartitionSpec]
   whole replicated subtree).
 
   Raises:
-    ValueError: ``partition_specs`` is not a prefix of ``tree`` (JAX's message,
-      which names the key path and the types, follows ours) or one of its
-      leaves is not a ``PartitionSpec``.
+    ValueError: ``partition_specs`` is not a prefix of ``tree`` (JAX's message
+      follows ours; recent jax names the key path and the types) or one of
+      its leaves is not a ``PartitionSpec``.
   """
   is_spec = lambda x: isinstance(x, PartitionSpec)
   for spec in jax.tree.leaves(partition_specs, is_leaf=is_spec):
@@ -142,8 +142,11 @@ def leaf_partition_specs(tree: Any, partition_specs: Any) -> list[PartitionSpec]
       raise ValueError(
           f"partition_specs leaves must be PartitionSpec, got {spec!r}.")
   try:
-    # A copy of each spec at every leaf of the subtree it faces.
-    broadcast = jax.tree.broadcast(partition_specs, tree, is_leaf=is_spec)
+    # A copy of each spec at every leaf of the subtree it faces (what
+    # jax.tree.broadcast does in newer jax; tree_map takes a prefix too).
+    broadcast = jax.tree_util.tree_map(
+        lambda spec, subtree: jax.tree.map(lambda _: spec, subtree),
+        partition_specs, tree, is_leaf=is_spec)
   except ValueError as error:
     raise ValueError(
         "partition_specs must be a prefix of the updates' tree (as shard_map's "
