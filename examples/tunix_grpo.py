@@ -76,7 +76,6 @@ import numpy as np
 import optax
 import tqdm
 from flax import nnx
-
 from tunix.rl import common as tunix_common
 from tunix.rl import function_registry
 from tunix.rl import rl_cluster as rl_cluster_lib

@@ -11,10 +11,10 @@ import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
-from jax.experimental import checkify
 import numpy as np
 import optax
 import pytest
+from jax.experimental import checkify
 
 import stabledrl_jax as sdrl
 
