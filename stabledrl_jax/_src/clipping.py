@@ -121,7 +121,7 @@ def clip_scale(norm: jax.Array, threshold: Scalar) -> jax.Array:
 
 
 def scale_updates(updates: Updates, scale: jax.Array,
-                  keep: Optional[jax.Array]) -> Updates:
+                  keep: Optional[jax.typing.ArrayLike]) -> Updates:
   """``u * scale`` on floating leaves, zero where ``keep`` is False.
 
   The product is taken in float32 (or the leaf's wider dtype) and then cast to
