@@ -36,6 +36,28 @@ Run::
 
 Byte and temp ratios are properties of the compiled program and do not depend
 on the machine's load; wall-time ratios do, so compare them within one run.
+
+**Other backends, compiled without the hardware.** ``--target`` names one or
+more of ``cpu, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e, gpu-h100, gpu-a100``. Every
+target other than ``cpu`` is compiled ahead of time for a device that is not
+there (``xla_targets.py``; the compilers come from the virtual environments of
+``setup_compilers.sh``), for three gradient trees (``--trees``): the GPT-shaped
+float32 tree, the same with bfloat16 gradients (float32 parameters and
+moments), and 1000 small float32 leaves. Each table gives, per variant, the
+compiler's estimates: bytes accessed (``cost_analysis()``; XLA:GPU has none),
+HBM traffic counted from the optimized HLO's memory spaces (``hlo_traffic.py``
+says how), temp bytes, XLA:TPU's ``optimal_seconds`` with its −1 s per
+``ConcatBitcast`` custom-call removed, the summed ``estimated_cycles`` of
+XLA:TPU's fusions, and the ``fusion``/``conditional`` counts. Nothing runs, so
+there is no wall time for these targets::
+
+    /path/to/tpu-venv/bin/python benchmarks/clip_overhead.py \
+        --target tpu-v4 tpu-v5e tpu-v5p tpu-v6e --out-dir benchmarks/results
+    /path/to/gpu-venv/bin/python benchmarks/clip_overhead.py \
+        --target gpu-h100 gpu-a100 --out-dir benchmarks/results
+
+``--target cpu`` with ``--out-dir`` runs the wall-time benchmark above and the
+same compile tables for XLA:CPU.
 """
 
 import argparse
@@ -65,7 +87,11 @@ from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-t
 
 import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xla_targets  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 VARIANTS = ("adamw", "unconditional", "conditional", "optax_clip")
+TREES = ("gpt-f32", "gpt-bf16", "small-leaves")
 
 
 def gpt_shapes(width: int, vocab: int, layers: int) -> dict[str, tuple[int, ...]]:
@@ -361,6 +387,126 @@ def format_allreduce_table(counts: list[AllReduceCount]) -> str:
   return "\n".join(lines)
 
 
+def tree_spec(tree: str, shapes: dict[str, tuple[int, ...]],
+              num_small: int = 1000) -> tuple[dict[str, tuple[int, ...]], Any]:
+  """Leaf shapes and gradient dtype of one of :data:`TREES`.
+
+  ``gpt-f32`` and ``gpt-bf16`` use ``shapes``; ``small-leaves`` has
+  ``num_small`` leaves of shape ``(64, 64)``. Parameters and AdamW moments are
+  float32 in all three.
+  """
+  if tree == "gpt-f32":
+    return shapes, jnp.float32
+  if tree == "gpt-bf16":
+    return shapes, jnp.bfloat16
+  if tree == "small-leaves":
+    return {f"leaf{i:04d}": (64, 64) for i in range(num_small)}, jnp.float32
+  raise ValueError(f"tree must be one of {TREES}, got {tree!r}.")
+
+
+def compile_variants(
+    device: jax.Device,
+    shapes: dict[str, tuple[int, ...]],
+    grad_dtype: Any,
+    *,
+    max_norm: float = 1.0,
+    lr: float = 1e-4,
+    variants: Sequence[str] = VARIANTS,
+) -> list[tuple[str, xla_targets.Analysis]]:
+  """Compiles the donated step of each variant for ``device``; nothing runs."""
+  params = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()}
+  grads = {k: jax.ShapeDtypeStruct(v, grad_dtype) for k, v in shapes.items()}
+  out = []
+  for name in variants:
+    tx = make_optimizer(name, max_norm, lr)
+    opt_state = jax.eval_shape(tx.init, params)
+    args = xla_targets.abstract((params, opt_state, grads), device)
+    compiled = make_step(tx).lower(*args).compile()
+    out.append((name, xla_targets.analyze(compiled)))
+  return out
+
+
+def _ratio(x: Optional[float], base: Optional[float], fmt: str = ".3f") -> str:
+  if x is None or not base:
+    return "n/a"
+  return format(x / base, fmt)
+
+
+def format_compile_table(results: list[tuple[str, xla_targets.Analysis]],
+                         grad_bytes: int) -> str:
+  """Markdown table of one target's compiled variants; ratios to the first."""
+  _, base = results[0]
+  lines = [
+      "| variant | bytes accessed (x adamw) | HBM traffic (gradient sizes) "
+      "| HBM traffic (x adamw) | extra HBM vs adamw (gradient reads) "
+      "| temp / gradient bytes | optimal_seconds, corrected (ms) "
+      "| optimal_seconds (x adamw) | fusion estimated_cycles (x adamw) "
+      "| fusions | `conditional` ops |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for name, a in results:
+    opt = ("n/a" if a.optimal_seconds is None
+           else f"{1e3 * a.optimal_seconds:.3f}")
+    cycles = (_ratio(a.estimated_cycles, base.estimated_cycles)
+              if base.estimated_cycles else "n/a")
+    lines.append(
+        f"| {name} | {_ratio(a.bytes_accessed, base.bytes_accessed)} "
+        f"| {a.hbm_bytes / grad_bytes:.3f} "
+        f"| {_ratio(a.hbm_bytes, base.hbm_bytes)} "
+        f"| {(a.hbm_bytes - base.hbm_bytes) / grad_bytes:.3f} "
+        f"| {100 * a.temp_bytes / grad_bytes:.2f}% | {opt} "
+        f"| {_ratio(a.optimal_seconds, base.optimal_seconds)} | {cycles} "
+        f"| {a.fusions} | {a.conditionals} |")
+  return "\n".join(lines)
+
+
+def target_report(target: str, args: argparse.Namespace,
+                  out_path: Optional[str] = None) -> str:
+  """Compile tables of every tree in ``args.trees`` for one target.
+
+  With ``out_path``, the tables done so far are written there after each tree.
+  """
+  device = xla_targets.target_device(target)
+  gpt = gpt_shapes(args.width, args.vocab, args.layers)
+  report = [f"# Clip overhead compiled for {target} ({device.device_kind})", ""]
+  for tree in args.trees:
+    shapes, grad_dtype = tree_spec(tree, gpt, args.num_small)
+    num_params = sum(int(np.prod(s)) for s in shapes.values())
+    grad_bytes = num_params * jnp.dtype(grad_dtype).itemsize
+    start = time.perf_counter()
+    results = compile_variants(device, shapes, grad_dtype,
+                               max_norm=args.max_norm)
+    report += [
+        f"## {tree}: {num_params / 1e6:.2f}M parameters in {len(shapes)} "
+        f"leaves, {jnp.dtype(grad_dtype).name} gradients "
+        f"({grad_bytes / 2**20:.1f} MiB)",
+        "",
+        format_compile_table(results, grad_bytes),
+        "",
+        f"adamw alone: {results[0][1].hbm_bytes / 2**20:.1f} MiB of HBM "
+        "traffic, bytes accessed "
+        + ("n/a" if results[0][1].bytes_accessed is None else
+           f"{results[0][1].bytes_accessed / 2**20:.1f} MiB")
+        + ", raw optimal_seconds per variant: "
+        + ", ".join("n/a" if a.optimal_seconds_raw is None else
+                    f"{a.optimal_seconds_raw:.4f}" for _, a in results)
+        + f"; compiled in {time.perf_counter() - start:.0f} s.",
+        "",
+    ]
+    print(f"{target} {tree} done", file=sys.stderr, flush=True)
+    if out_path:
+      _write(out_path, "\n".join(report))
+  report += [
+      "Compiler estimates from a program compiled for a device that is not "
+      "present; nothing ran. "
+      + ("XLA:GPU has no cost_analysis(): its bytes accessed are n/a and the "
+         "HBM traffic counts every array operand and output of the ops the "
+         "entry computation runs. " if target.startswith("gpu") else "")
+      + f"jax {jax.__version__}, optax {optax.__version__}.",
+  ]
+  return "\n".join(report)
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--small", action="store_true",
@@ -381,6 +527,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help="leaf counts for the shard_map all-reduce table")
   parser.add_argument("--out", type=str, default=None,
                       help="also write the tables to this file")
+  parser.add_argument("--target", nargs="+", default=None,
+                      choices=sorted(xla_targets.TARGETS),
+                      help="compile for these backends (see the module doc)")
+  parser.add_argument("--trees", nargs="+", default=list(TREES),
+                      choices=TREES, help="gradient trees for --target")
+  parser.add_argument("--num-small", type=int, default=1000,
+                      help="leaves of the small-leaves tree")
+  parser.add_argument("--out-dir", type=str, default=None,
+                      help="with --target: write clip_overhead_<target>.txt "
+                      "here")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   if args.width is None:
@@ -395,6 +551,35 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> str:
   """Runs the benchmark, prints the markdown report and returns it."""
   args = parse_args(argv)
+  if args.target:
+    texts = []
+    for target in args.target:
+      path = None
+      if args.out_dir:
+        path = os.path.join(args.out_dir, f"clip_overhead_{target}.txt")
+      text = target_report(target, args, path)
+      if target == "cpu":
+        text = wall_time_report(args) + "\n\n" + text
+      texts.append(text)
+      print(text, flush=True)
+      if path:
+        _write(path, text)
+    return "\n\n".join(texts)
+  text = wall_time_report(args)
+  print(text)
+  if args.out:
+    _write(args.out, text)
+  return text
+
+
+def _write(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text + "\n")
+
+
+def wall_time_report(args: argparse.Namespace) -> str:
+  """The XLA:CPU wall-time benchmark and all-reduce count, as markdown."""
   start = time.perf_counter()
   shapes = gpt_shapes(args.width, args.vocab, args.layers)
   num_params = sum(int(np.prod(s)) for s in shapes.values())
@@ -442,13 +627,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
       f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after "
       f"timing; total run time {elapsed:.0f} s.",
   ]
-  text = "\n".join(report)
-  print(text)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
-  return text
+  return "\n".join(report)
 
 
 if __name__ == "__main__":

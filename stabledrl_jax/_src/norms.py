@@ -13,10 +13,11 @@ Three ways to say how a tree is laid out over devices:
   split over those axes; one ``psum``;
 * ``partition_specs``: a pytree of ``PartitionSpec`` (shard_map's
   ``in_specs``); each leaf is summed over exactly the mesh axes its spec names,
-  replicated leaves are counted once, one ``psum`` per distinct set of axes.
+  a leaf replicated over some of the named axes is counted only at index 0
+  of those axes, so one ``psum`` over all named axes counts it once.
 """
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from typing import Any, Optional
 
 import jax
@@ -36,19 +37,81 @@ def is_counted(leaf: Any) -> bool:
   return bool(jnp.issubdtype(leaf.dtype, jnp.inexact))
 
 
-def _sum_of_squares(leaf: jax.Array) -> jax.Array:
-  """``sum(|leaf|**2)`` accumulated in float32 (float64 leaves keep float64)."""
+# Two sums per leaf, filled in the same pass: ``Σ x²`` and ``Σ (x·2⁻⁸⁸)²``.
+# The first is the answer whenever it is finite; it overflows only when the
+# norm exceeds ~1.8e19, and then the second, whose terms never overflow (at
+# most (2¹²⁸·2⁻⁸⁸)² = 2⁸⁰, finite for 2⁴⁷ elements), holds the norm at scale
+# 2⁻⁸⁸. Elements below 2²⁵ underflow in the second sum but add less than
+# n·2⁵⁰ to a square above 2¹²⁸: nothing at float32 precision. The scaled-sum
+# idea is the one of BLAS's nrm2 (J. L. Blue, "A portable Fortran program to
+# find the Euclidean norm of a vector", ACM TOMS 4(1), 1978), with a fixed
+# power-of-two scale so that the sums can be added across leaves and devices
+# as they are: one psum, no pmax of a scale first.
+_LOG2_DOWN = -88
+
+
+def _scale_factor(dtype: jnp.dtype) -> jax.Array:
+  """``2**-88`` hidden from XLA's constant folding.
+
+  XLA rewrites ``(x * c) * (x * c)`` as ``(x * x) * (c * c)`` for a constant
+  ``c``: ``x * x`` would overflow again and ``c * c`` is 0 in float32.
+  """
+  return jax.lax.optimization_barrier(jnp.asarray(2.0**_LOG2_DOWN, dtype))
+
+
+def _real_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(Σ x², Σ (x·2⁻⁸⁸)²)`` of a real array, as float32 scalars."""
+  info = jnp.finfo(x.dtype)
+  # Float64 leaves (x64 mode) are accumulated in float64, the rest in float32.
+  dtype = jnp.float64 if info.bits == 64 else jnp.float32
+  zero = jnp.zeros((), dtype)
+  x = x.astype(dtype)
+  dims = tuple(range(x.ndim))
+  add = lambda a, b: tuple(p + q for p, q in zip(a, b))
+  if float(info.max) ** 2 < float(jnp.finfo(jnp.float32).max) / 2**40:
+    # float16, fp8: squares cannot overflow float32; one sum.
+    return jnp.sum(x * x).astype(jnp.float32), jnp.zeros((), jnp.float32)
+  scaled = x * _scale_factor(dtype)
+  # One variadic reduce: both sums come from the same read of ``x``.
+  plain, small = jax.lax.reduce((x * x, scaled * scaled), (zero, zero), add,
+                                dims)
+  return plain.astype(jnp.float32), small.astype(jnp.float32)
+
+
+def _leaf_sums(leaf: Any) -> tuple[jax.Array, jax.Array]:
+  """:func:`_real_sums` of a leaf; complex leaves add both parts."""
   leaf = jnp.asarray(leaf)
-  # finfo of a complex dtype describes its real part. Every float narrower
-  # than 64 bits (fp8, fp16, bf16, fp32) is accumulated in float32.
-  wide = jnp.finfo(leaf.dtype).bits == 64
-  real_dtype = jnp.float64 if wide else jnp.float32
   if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
-    re = jnp.real(leaf).astype(real_dtype)
-    im = jnp.imag(leaf).astype(real_dtype)
-    return jnp.sum(re * re + im * im)
-  x = leaf.astype(real_dtype)
-  return jnp.sum(x * x)
+    return _add(_real_sums(jnp.real(leaf)), _real_sums(jnp.imag(leaf)))
+  return _real_sums(leaf)
+
+
+def _add(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]):
+  return tuple(p + q for p, q in zip(a, b))
+
+
+def _pairwise_sum(values: list[tuple[jax.Array, jax.Array]]):
+  """Sum of pairs of scalars as a balanced tree of adds (zeros when empty).
+
+  A linear chain ``((v0 + v1) + v2) + ...`` lets XLA:TPU run every leaf's
+  reduction before the first add and keep all their partial results alive;
+  with a balanced tree each add consumes two results as soon as they exist.
+  """
+  if not values:
+    return (jnp.zeros((), jnp.float32),) * 2
+  while len(values) > 1:
+    pairs = [_add(values[i], values[i + 1])
+             for i in range(0, len(values) - 1, 2)]
+    values = pairs + values[len(pairs) * 2:]
+  return values[0]
+
+
+def _norm_from_sums(plain: jax.Array, scaled: jax.Array) -> jax.Array:
+  """The norm from the summed ``Σ x²`` and ``Σ (x·2⁻⁸⁸)²``."""
+  overflowed = plain == jnp.inf
+  # (The where keeps a NaN of ``plain``: a NaN element.)
+  return jnp.where(overflowed, jnp.sqrt(scaled) * 2.0**-_LOG2_DOWN,
+                   jnp.sqrt(plain))
 
 
 def _spec_axes(spec: PartitionSpec) -> tuple[Hashable, ...]:
@@ -102,24 +165,46 @@ def check_layout(axis_name: Optional[AxisName], partition_specs: Any) -> None:
         f"axis_name={axis_name!r} and partition_specs={partition_specs!r}.")
 
 
-def _grouped_sums(tree: Any, partition_specs: Any) -> Iterator[
-    tuple[tuple[Hashable, ...], jax.Array]]:
-  """Yields (axes, local float32 sum of squares) for each distinct axis set."""
+def _is_first(axes: tuple[Hashable, ...]) -> jax.Array:
+  """True on the devices at index 0 along every one of ``axes``."""
+  first = jnp.bool_(True)
+  for axis in axes:
+    first = first & (jax.lax.axis_index(axis) == 0)
+  return first
+
+
+def _summed(tree: Any, axis_name: Optional[AxisName],
+            partition_specs: Any) -> tuple[jax.Array, jax.Array]:
+  """``(Σ x², Σ (x·2⁻⁸⁸)²)`` of ``tree`` over all devices, one ``psum``.
+
+  With ``partition_specs``, each device counts a leaf only if it is at index
+  0 of every named mesh axis the leaf is replicated over, so a single
+  ``psum`` over all the named axes counts every element exactly once.
+  """
+  check_layout(axis_name, partition_specs)
+  if partition_specs is None:
+    local = _pairwise_sum([_leaf_sums(x) for x in jax.tree.leaves(tree)
+                           if is_counted(x)])
+    # One [2] vector, so that JAX emits one all-reduce, not one per sum.
+    total = distributed.all_sum(jnp.stack(local), axis_name)
+    return total[0], total[1]
   leaves = jax.tree.leaves(tree)
   specs = leaf_partition_specs(tree, partition_specs)
-  groups: dict[tuple[Hashable, ...], list[jax.Array]] = {}
+  groups: dict[tuple[Hashable, ...], list] = {}
   for leaf, spec in zip(leaves, specs):
     if is_counted(leaf):
-      groups.setdefault(_spec_axes(spec), []).append(_sum_of_squares(leaf))
+      groups.setdefault(_spec_axes(spec), []).append(_leaf_sums(leaf))
+  named = tuple(sorted({a for axes in groups for a in axes}, key=str))
+  local = []
   for axes, sums in groups.items():
-    yield axes, _add(sums)
-
-
-def _add(values: list[jax.Array]) -> jax.Array:
-  total = jnp.zeros((), jnp.float32)
-  for value in values:
-    total = total + value
-  return total
+    replicated = tuple(a for a in named if a not in axes)
+    total = _pairwise_sum(sums)
+    if replicated:
+      first = _is_first(replicated)
+      total = tuple(jnp.where(first, t, 0.0) for t in total)
+    local.append(total)
+  total = distributed.all_sum(jnp.stack(_pairwise_sum(local)), named)
+  return total[0], total[1]
 
 
 def global_norm_squared(
@@ -130,8 +215,11 @@ def global_norm_squared(
 ) -> jax.Array:
   """Float32 squared L2 norm of the floating leaves of ``tree``.
 
-  Same arguments and semantics as :func:`global_norm`; returns the square so
-  that callers needing ``||g||²`` do not take a square root and square again.
+  Same arguments and semantics as :func:`global_norm`, from the same sums:
+  the float32 sum of squares itself. The square of a norm above ~1.8e19 does
+  not fit in float32 and is ``inf`` here although every element is finite;
+  :func:`global_norm` of the same tree is finite and exact. Test finiteness
+  on the norm, not on its square.
 
   Args:
     tree: a pytree of arrays (inside ``pmap``/``shard_map``, the local blocks).
@@ -148,16 +236,12 @@ def global_norm_squared(
     >>> import jax.numpy as jnp
     >>> float(global_norm_squared({"a": jnp.ones(3), "b": jnp.ones(1)}))
     4.0
+    >>> float(global_norm_squared([jnp.float32(2e19)]))  # norm 2e19 is finite
+    inf
   """
-  check_layout(axis_name, partition_specs)
-  if partition_specs is None:
-    counted = [_sum_of_squares(x) for x in jax.tree.leaves(tree)
-               if is_counted(x)]
-    return distributed.all_sum(_add(counted), axis_name).astype(jnp.float32)
-  total = jnp.zeros((), jnp.float32)
-  for axes, local in _grouped_sums(tree, partition_specs):
-    total = total + distributed.all_sum(local, axes)
-  return total.astype(jnp.float32)
+  plain, scaled = _summed(tree, axis_name, partition_specs)
+  return jnp.where(plain == jnp.inf,
+                   jnp.square(_norm_from_sums(plain, scaled)), plain)
 
 
 def global_norm(
@@ -170,7 +254,12 @@ def global_norm(
 
   Every leaf is squared and summed in float32 (fp16/bf16 are upcast first,
   complex leaves contribute ``|z|²``) before any addition across leaves or
-  devices. Integer, bool and None leaves do not count.
+  devices. Integer, bool and None leaves do not count. The same pass over the
+  data also sums the squares scaled by 2⁻⁸⁸, so the norm of a finite tree is
+  finite and exact even when its square overflows float32 (norms above
+  ~1.8e19, up to float32's maximum): it is inf or NaN only for an inf or NaN
+  element. Squares below float32's normal range (elements below ~1e-19) add
+  nothing, so norms below ~1e-18 may be rounded down or 0.
 
   Args:
     tree: a pytree of arrays, e.g. gradients. Inside ``pmap``/``shard_map``,
@@ -182,9 +271,11 @@ def global_norm(
     partition_specs: a pytree of ``jax.sharding.PartitionSpec`` with the
       structure of ``tree`` or a prefix of it, exactly as shard_map's
       ``in_specs`` (one ``P()`` may stand for a whole replicated subtree).
-      Each leaf is summed over the mesh axes its spec names; a leaf whose spec
-      names none is replicated and counted once. One ``psum`` per distinct
-      set of axes. Mutually exclusive with ``axis_name``.
+      Each leaf is summed over the mesh axes its spec names; a leaf
+      replicated over some named axes is counted only on the devices at
+      index 0 of those axes, so one ``psum`` over every named axis counts each
+      element once, however many axis sets the specs use. Mutually exclusive
+      with ``axis_name``.
 
   Returns:
     A float32 scalar, identical on every device that took part.
@@ -200,6 +291,7 @@ def global_norm(
     >>> tree = [jnp.full((4,), 300.0, jnp.float16)]  # optax gives inf here
     >>> float(global_norm(tree))
     600.0
+    >>> float(global_norm([jnp.float32(2e19)]))  # its square overflows
+    2e+19
   """
-  return jnp.sqrt(global_norm_squared(
-      tree, axis_name=axis_name, partition_specs=partition_specs))
+  return _norm_from_sums(*_summed(tree, axis_name, partition_specs))

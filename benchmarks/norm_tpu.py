@@ -1,0 +1,182 @@
+"""The clip in a donated AdamW step, compiled by XLA:TPU without a TPU.
+
+Needs libtpu (``pip install "jax[tpu]"``); compiles deviceless for TPU
+topologies with ``jax.experimental.topologies`` and reads the compiled
+programs: temp bytes (``memory_analysis``), HBM traffic counted from the
+optimized HLO (:mod:`benchmarks.hlo_traffic`), XLA:TPU's ``bytes accessed``
+and the sum of its fusions' ``estimated_cycles``, and the number of
+``conditional`` ops. Ratios are to AdamW alone; temp is also given as a
+fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
+``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients) and
+``small`` (1000 small float32 leaves).
+
+Run::
+
+    ALLOW_MULTIPLE_LIBTPU_LOAD=1 python benchmarks/norm_tpu.py \\
+        --targets v5e v5p --trees gpt gpt-bf16 small
+"""
+
+import argparse
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import optax  # pylint: disable=g-import-not-at-top
+from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import hlo_traffic  # pylint: disable=g-import-not-at-top
+import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
+
+TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
+              "v6e": "v6e:2x2"}
+VARIANTS = ("adamw", "ours", "conditional", "optax")
+
+
+def gpt_shapes(width: int = 512, vocab: int = 50304,
+               layers: int = 12) -> dict[str, tuple[int, ...]]:
+  """The GPT-shaped tree of ``clip_overhead.py``: ``8 * layers + 2`` leaves."""
+  shapes = {"embed": (vocab, width)}
+  for i in range(layers):
+    shapes[f"block{i:02d}/ln1_scale"] = (width,)
+    shapes[f"block{i:02d}/qkv_kernel"] = (width, 3 * width)
+    shapes[f"block{i:02d}/qkv_bias"] = (3 * width,)
+    shapes[f"block{i:02d}/out_kernel"] = (width, width)
+    shapes[f"block{i:02d}/ln2_scale"] = (width,)
+    shapes[f"block{i:02d}/mlp_in_kernel"] = (width, 4 * width)
+    shapes[f"block{i:02d}/mlp_in_bias"] = (4 * width,)
+    shapes[f"block{i:02d}/mlp_out_kernel"] = (4 * width, width)
+  shapes["final_ln_scale"] = (width,)
+  return shapes
+
+
+def small_shapes(num_leaves: int = 1000) -> dict[str, tuple[int, ...]]:
+  """``num_leaves`` small leaves of 1K to 2K elements, mixed shapes."""
+  return {f"leaf{i:04d}": (16, 64 + 16 * (i % 5)) for i in range(num_leaves)}
+
+
+def tree_spec(name: str) -> tuple[dict[str, tuple[int, ...]], Any]:
+  """Leaf shapes and gradient dtype of a named tree."""
+  if name == "gpt":
+    return gpt_shapes(), jnp.float32
+  if name == "gpt-bf16":
+    return gpt_shapes(), jnp.bfloat16
+  if name == "small":
+    return small_shapes(), jnp.float32
+  raise ValueError(f"unknown tree {name!r}")
+
+
+def make_optimizer(variant: str) -> optax.GradientTransformation:
+  adamw = optax.adamw(1e-4, weight_decay=0.01)
+  if variant == "adamw":
+    return adamw
+  if variant == "ours":
+    return optax.chain(sdrl.unconditional_clip(1.0), adamw)
+  if variant == "conditional":
+    return optax.chain(sdrl.conditional_clip(1.0), adamw)
+  if variant == "optax":
+    return optax.chain(optax.clip_by_global_norm(1.0), adamw)
+  raise ValueError(f"unknown variant {variant!r}")
+
+
+def compile_step(variant: str, shapes, grad_dtype, device) -> Any:
+  """Deviceless compile of a donated AdamW step on one TPU device."""
+  sharding = NamedSharding(Mesh(np.array([device]), ("d",)), P())
+  struct = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype,
+                                                     sharding=sharding)
+  params = {k: struct(s, jnp.float32) for k, s in shapes.items()}
+  grads = {k: struct(s, grad_dtype) for k, s in shapes.items()}
+  tx = make_optimizer(variant)
+  state = jax.tree.map(lambda s: struct(s.shape, s.dtype),
+                       jax.eval_shape(tx.init, params))
+
+  def step(p, s, g):
+    updates, s = tx.update(g, s, p)
+    return optax.apply_updates(p, updates), s
+
+  return jax.jit(step, donate_argnums=(0, 1)).lower(params, state,
+                                                    grads).compile()
+
+
+def measure(target: str, tree: str,
+            variants=VARIANTS) -> list[dict[str, Any]]:
+  """One row per variant for a target and a tree."""
+  topology = topologies.get_topology_desc(
+      platform="tpu", topology_name=TOPOLOGIES[target])
+  shapes, grad_dtype = tree_spec(tree)
+  grad_bytes = sum(int(np.prod(s)) for s in shapes.values()) * np.dtype(
+      grad_dtype).itemsize
+  rows = []
+  for variant in variants:
+    compiled = compile_step(variant, shapes, grad_dtype, topology.devices[0])
+    text = compiled.as_text()
+    cost = compiled.cost_analysis()
+    rows.append({
+        "target": target, "tree": tree, "variant": variant,
+        "grad_bytes": grad_bytes,
+        "temp": compiled.memory_analysis().temp_size_in_bytes,
+        "hbm": hlo_traffic.hbm_traffic(text).total_bytes,
+        "bytes_accessed": float(cost["bytes accessed"]),
+        "cycles": hlo_traffic.estimated_cycles(text),
+        "conditionals": hlo_traffic.count_ops(text, "conditional"),
+        "fusions": hlo_traffic.count_ops(text, "fusion"),
+    })
+    print(rows[-1], file=sys.stderr, flush=True)
+  return rows
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+  lines = ["| target | tree | variant | temp / grad bytes | HBM traffic "
+           "(x adamw) | extra HBM / grad bytes | bytes accessed (x adamw) "
+           "| estimated cycles (x adamw) | `conditional` | fusions |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  base = {}
+  for r in rows:
+    if r["variant"] == "adamw":
+      base[(r["target"], r["tree"])] = r
+    b = base[(r["target"], r["tree"])]
+    lines.append(
+        f"| {r['target']} | {r['tree']} | {r['variant']} "
+        f"| {100 * r['temp'] / r['grad_bytes']:.2f}% "
+        f"| {r['hbm'] / b['hbm']:.3f} "
+        f"| {(r['hbm'] - b['hbm']) / r['grad_bytes']:.3f} "
+        f"| {r['bytes_accessed'] / b['bytes_accessed']:.3f} "
+        f"| {r['cycles'] / b['cycles']:.3f} "
+        f"| {r['conditionals']} | {r['fusions']} |")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--targets", nargs="+", default=["v5e", "v5p"],
+                      choices=sorted(TOPOLOGIES))
+  parser.add_argument("--trees", nargs="+", default=["gpt", "gpt-bf16",
+                                                      "small"])
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                      choices=VARIANTS)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  rows = []
+  for target in args.targets:
+    for tree in args.trees:
+      rows += measure(target, tree, args.variants)
+      print(f"done {target} {tree}", file=sys.stderr, flush=True)
+  text = format_rows(rows) + (
+      f"\n\njax {jax.__version__}, optax {optax.__version__}, deviceless "
+      "XLA:TPU compiles (libtpu).")
+  print(text)
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  main()

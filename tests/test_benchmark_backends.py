@@ -1,0 +1,133 @@
+"""Tests of the per-backend benchmark tooling: benchmarks/hlo_traffic.py's
+counting rules on hand-written TPU-style HLO, its agreement with XLA:CPU's own
+byte count, and small runs of clip_overhead.py --target and
+train_step_share.py on XLA:CPU.
+"""
+
+import importlib.util
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+if BENCH not in sys.path:
+  sys.path.insert(0, BENCH)
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(BENCH, name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+hlo_traffic = _load("hlo_traffic")
+
+# A prefetch of one slice (HBM -> VMEM) of a 512x512 f32 array, a fusion that
+# reads the VMEM slice and an HBM array and writes to VMEM, an eviction back to
+# HBM, a ConcatBitcast in the entry computation and one in a branch of a
+# conditional whose costlier branch reads a 1024-element f32 array.
+TPU_HLO = """\
+HloModule jit_step, is_scheduled=true
+
+%cheap (p0: f32[1024]) -> f32[] {
+  %p0 = f32[1024]{0} parameter(0)
+  ROOT %c0 = f32[]{:T(128)} constant(0)
+}
+
+%costly (p1: f32[1024]) -> f32[] {
+  %p1 = f32[1024]{0} parameter(0)
+  %cc = f32[8,128]{1,0:T(8,128)S(1)} custom-call(%p1), custom_call_target="ConcatBitcast"
+  ROOT %r = f32[]{:T(128)} fusion(%p1), kind=kLoop, calls=%cheap, backend_config={"window_config":{"estimated_cycles":"700"}}
+}
+
+ENTRY %main (a: f32[512,512], b: f32[128,512], v: f32[1024], pred: pred[]) -> f32[128,512] {
+  %a = f32[512,512]{1,0:T(8,128)} parameter(0)
+  %b = f32[128,512]{1,0:T(8,128)} parameter(1)
+  %v = f32[1024]{0} parameter(2)
+  %pred = pred[]{:T(512)} parameter(3)
+  %slice-start.1 = ((f32[512,512]{1,0:T(8,128)}), f32[128,512]{1,0:T(8,128)S(1)}, s32[]{:S(2)}) slice-start(%a), slice={[0:128], [0:512]}
+  %slice-done.1 = f32[128,512]{1,0:T(8,128)S(1)} slice-done(%slice-start.1)
+  %cb = f32[128,512]{1,0:T(8,128)S(1)} custom-call(%slice-done.1), custom_call_target="ConcatBitcast"
+  %fusion.1 = f32[128,512]{1,0:T(8,128)S(1)} fusion(%cb, %b), kind=kLoop, calls=%cheap, backend_config={"window_config":{"estimated_cycles":"1000"}}
+  %copy-start.1 = (f32[128,512]{1,0:T(8,128)}, f32[128,512]{1,0:T(8,128)S(1)}, u32[]{:S(2)}) copy-start(%fusion.1)
+  %copy-done.1 = f32[128,512]{1,0:T(8,128)} copy-done(%copy-start.1)
+  %cond = f32[]{:T(128)} conditional(%pred, %v, %v), branch_computations={%cheap, %costly}
+  ROOT %out = f32[128,512]{1,0:T(8,128)} bitcast(%copy-done.1)
+}
+"""
+
+SLICE = 128 * 512 * 4
+
+
+def test_hbm_traffic_counts_each_prefetch_and_eviction_once():
+  report = hlo_traffic.hbm_traffic(TPU_HLO)
+  # slice-start: the 128x512 slice once, not the 512x512 operand; fusion: b
+  # (HBM) only; copy-start eviction: once; costly branch: ConcatBitcast reads
+  # v (4 KiB) and the fusion reads v and writes a 4-byte scalar.
+  expected = {"slice-start": SLICE, "fusion": SLICE + 4096 + 4,
+              "copy-start": SLICE, "custom-call": 4096}
+  assert report.by_opcode == expected
+  assert report.total_bytes == sum(expected.values())
+
+
+def test_estimated_cycles_adds_the_charged_branch():
+  assert hlo_traffic.estimated_cycles(TPU_HLO) == 1000 + 700
+
+
+def test_optimal_seconds_adds_back_only_entry_concat_bitcasts():
+  # One ConcatBitcast in the entry computation, one in a branch.
+  cost = {"optimal_seconds": -0.9975}
+  assert hlo_traffic.corrected_optimal_seconds(cost, TPU_HLO) == pytest.approx(
+      0.0025)
+
+
+def test_hbm_traffic_matches_xla_cpu_bytes_accessed():
+  """On XLA:CPU (no memory spaces) the count is XLA's own bytes accessed."""
+
+  def step(params, grads):
+    scale = jnp.minimum(1.0, 1.0 / jnp.sqrt(
+        sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))))
+    return jax.tree.map(lambda p, g: p - 0.1 * scale * g, params, grads)
+
+  tree = {f"w{i}": jnp.ones((64 * (i + 1), 32), jnp.float32) for i in range(4)}
+  compiled = jax.jit(step, donate_argnums=0).lower(tree, tree).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  counted = hlo_traffic.hbm_traffic(compiled.as_text()).total_bytes
+  assert counted == pytest.approx(cost["bytes accessed"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_clip_overhead_targets_cpu_small():
+  bench = _load("clip_overhead")
+  args = bench.parse_args(["--target", "cpu", "--width", "16", "--vocab", "64",
+                           "--layers", "1", "--num-small", "12"])
+  text = bench.target_report("cpu", args)
+  for tree in bench.TREES:
+    assert f"## {tree}:" in text
+  rows = [line.split("|") for line in text.splitlines()
+          if line.startswith("| ") and not line.startswith("| variant")]
+  assert len(rows) == 3 * len(bench.VARIANTS)
+  for row in rows:
+    name, conditionals = row[1].strip(), int(row[-2])
+    assert conditionals == (name == "conditional"), row
+
+
+@pytest.mark.slow
+def test_train_step_share_small_cpu():
+  share = _load("train_step_share")
+  text = share.main(["--small", "--target", "cpu",
+                     "--variants", "adamw", "unconditional"])
+  rows = [line for line in text.splitlines() if line.startswith("| ")]
+  assert rows[2].startswith("| adamw | ") and "| 0.00% |" in rows[2]
+  assert rows[3].startswith("| unconditional | ")
+  # The clip adds traffic (reading the gradients for the norm).
+  share_of_hbm = float(rows[3].split("|")[3].strip().rstrip("%"))
+  assert 0 < share_of_hbm < 50

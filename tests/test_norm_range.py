@@ -1,0 +1,180 @@
+"""global_norm over float32's whole range: no overflow, eager equals jit.
+
+Each case is checked against a float64 NumPy norm written here.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import stabledrl_jax as sdrl
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def np_norm(tree):
+  """Float64 NumPy norm of the floating leaves (complex: |z|)."""
+  total = 0.0
+  for leaf in jax.tree.leaves(tree):
+    a = np.asarray(leaf)
+    if a.dtype == jnp.bfloat16 or np.issubdtype(a.dtype, np.floating):
+      total += float(np.sum(a.astype(np.float64) ** 2))
+    elif np.iscomplexobj(a):
+      total += float(np.sum(np.abs(a.astype(np.complex128)) ** 2))
+  return np.sqrt(total)
+
+
+def both(fn, tree):
+  """``fn(tree)`` eagerly and under jit, as Python floats."""
+  return float(fn(tree)), float(jax.jit(fn)(tree))
+
+
+@pytest.mark.parametrize("value", [2e19, 1e30, 3e38, F32_MAX, 1e-15])
+def test_single_element_leaf_is_exact_eager_and_jit(value):
+  # optax and the old norm gave inf eagerly for 2e19 but 2e19 under jit.
+  eager, jitted = both(sdrl.global_norm, [jnp.float32(value)])
+  assert eager == jitted == float(np.float32(value))
+
+
+def test_norm_of_many_huge_elements_is_finite_and_exact():
+  tree = {"w": jnp.full((100, 10), 1e30, jnp.float32),
+          "b": jnp.full((7,), -3e33, jnp.float32), "s": jnp.float32(1.0)}
+  for value in both(sdrl.global_norm, tree):
+    np.testing.assert_allclose(value, np_norm(tree), rtol=1e-6)
+
+
+def test_bins_add_up_when_mid_elements_outweigh_a_big_one():
+  # One element above 2**44 and a million just below it: the mid-range sum
+  # dominates and must not be dropped when the big bin is not empty.
+  tree = [jnp.float32(2.0**45), jnp.full((2**20,), 2.0**43, jnp.float32)]
+  for value in both(sdrl.global_norm, tree):
+    np.testing.assert_allclose(value, np_norm(tree), rtol=1e-6)
+
+
+def test_tiny_and_mid_elements_combine():
+  tree = [jnp.full((5,), 1e-18, jnp.float32), jnp.float32(3e-19),
+          jnp.full((3,), 1e-25, jnp.float32)]
+  for value in both(sdrl.global_norm, tree):
+    np.testing.assert_allclose(value, np_norm(tree), rtol=1e-6)
+
+
+def test_norm_beyond_float32_range_is_inf():
+  # Two elements at float32's maximum: the norm itself is not representable.
+  assert both(sdrl.global_norm, [jnp.full((2,), F32_MAX)]) == (np.inf,) * 2
+
+
+def test_low_precision_leaves():
+  tree = {"h": jnp.full((4,), 300.0, jnp.float16),      # optax: inf
+          "b": jnp.full((1000,), 1.0, jnp.bfloat16),    # optax: 16
+          "big": jnp.full((3,), 1e30, jnp.bfloat16),
+          "tiny": jnp.full((3,), 1e-30, jnp.bfloat16)}
+  for value in both(sdrl.global_norm, tree):
+    np.testing.assert_allclose(value, np_norm(tree), rtol=1e-6)
+  small = {"h": jnp.full((4,), 300.0, jnp.float16),
+           "b": jnp.full((1000,), 1.0, jnp.bfloat16)}
+  for value in both(sdrl.global_norm, small):
+    np.testing.assert_allclose(value, np.sqrt(4 * 300.0**2 + 1000), rtol=1e-6)
+
+
+def test_complex_leaves():
+  tree = [jnp.array([3e30 + 4e30j, 1 + 1j], jnp.complex64)]
+  for value in both(sdrl.global_norm, tree):
+    np.testing.assert_allclose(value, np_norm(tree), rtol=1e-6)
+
+
+def test_squared_norm_is_exact_in_range_and_inf_past_float32():
+  # The square of a norm above ~1.8e19 does not fit in float32.
+  tree = {"a": jnp.array([3.0, 4.0]), "b": jnp.ones((2, 2), jnp.bfloat16)}
+  assert both(sdrl.global_norm_squared, tree) == (29.0, 29.0)
+  # The square of 2e19 exceeds float32's maximum; the norm does not.
+  assert both(sdrl.global_norm_squared, [jnp.float32(2e19)]) == (np.inf,) * 2
+  np.testing.assert_allclose(
+      both(sdrl.global_norm_squared, [jnp.float32(1e15)]), 1e30, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad, expected", [
+    (np.nan, np.nan), (np.inf, np.inf), (-np.inf, np.inf)])
+def test_nonfinite_element_gives_nonfinite_norm(bad, expected):
+  for big in (1.0, 1e30, 1e-30):
+    tree = [jnp.array([big, bad], jnp.float32), jnp.ones(3)]
+    for value in both(sdrl.global_norm, tree):
+      np.testing.assert_equal(value, expected)
+
+
+def test_clip_of_a_finite_tree_with_a_huge_norm_is_not_nonfinite():
+  tree = {"w": jnp.full((10,), 1e25, jnp.float32),
+          "b": jnp.array([-1e24, 3.0], jnp.float32)}
+  for clip in (sdrl.unconditional_clip, sdrl.conditional_clip):
+    tx = clip(1.0)
+    for update in (tx.update, jax.jit(tx.update)):
+      out, state = update(tree, tx.init(tree))
+      assert int(state.num_nonfinite) == 0 and int(state.num_clipped) == 1
+      np.testing.assert_allclose(float(state.global_norm), np_norm(tree),
+                                 rtol=1e-6)
+      np.testing.assert_allclose(np_norm(out), 1.0,
+                                 rtol=1e-5)
+
+
+# Magnitudes spread over float32's range: each leaf is a random sign times
+# 10**e, e uniform in [lo, hi], so a tree's norm reaches ~1e30. (Below ~1e-19
+# squares leave float32's normal range: tiny norms are not exact.)
+@st.composite
+def wide_trees(draw):
+  num_leaves = draw(st.integers(1, 4))
+  lo = draw(st.integers(-15, 30))
+  hi = draw(st.integers(lo, 30))
+  seed = draw(st.integers(0, 2**31 - 1))
+  rng = np.random.default_rng(seed)
+  tree = []
+  for _ in range(num_leaves):
+    size = int(rng.integers(1, 50))
+    exponent = rng.uniform(lo, hi, size)
+    values = rng.choice([-1.0, 1.0], size) * 10.0**exponent
+    dtype = (jnp.float32, jnp.bfloat16)[int(rng.integers(0, 2))]
+    tree.append(jnp.asarray(values, dtype))
+  return tree
+
+
+@settings(max_examples=60, deadline=None)
+@given(wide_trees())
+def test_hypothesis_wide_range_trees_match_float64(tree):
+  expected = np_norm(tree)
+  eager, jitted = both(sdrl.global_norm, tree)
+  np.testing.assert_allclose(eager, expected, rtol=1e-5)
+  np.testing.assert_allclose(jitted, expected, rtol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(-15, 30), st.integers(0, 2**31 - 1))
+def test_hypothesis_float16_leaves(log_scale, seed):
+  rng = np.random.default_rng(seed)
+  # float16 holds up to 65504: keep 5-sigma draws in its range.
+  scale = min(10.0**log_scale, 1e4)
+  tree = [jnp.asarray(rng.normal(size=30) * scale, jnp.float16),
+          jnp.asarray(rng.normal(size=(4, 3)) * 10.0**log_scale, jnp.float32)]
+  np.testing.assert_allclose(both(sdrl.global_norm, tree),
+                             [np_norm(tree)] * 2, rtol=1e-5)
+
+
+def test_shard_map_partition_specs_with_huge_values_is_exact():
+  mesh = jax.make_mesh((2, 4), ("data", "model"))
+  rng = np.random.default_rng(0)
+  tree = {"rep": jnp.asarray(rng.normal(size=(4, 4)) * 1e30, jnp.float32),
+          "d": jnp.asarray(rng.normal(size=(8, 4)) * 1e20, jnp.float32),
+          "dm": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32),
+          "m": jnp.asarray(rng.normal(size=(4, 8)) * 1e-25, jnp.float32)}
+  specs = {"rep": P(), "d": P("data"), "dm": P("data", "model"),
+           "m": P(None, "model")}
+  sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k]))
+             for k, v in tree.items()}
+  fn = jax.jit(jax.shard_map(
+      lambda t: sdrl.global_norm(t, partition_specs=specs), mesh=mesh,
+      in_specs=(specs,), out_specs=P()))
+  np.testing.assert_allclose(float(fn(sharded)), np_norm(tree), rtol=1e-6)
+  np.testing.assert_allclose(float(jax.jit(sdrl.global_norm)(sharded)),
+                             np_norm(tree), rtol=1e-6)
