@@ -13,8 +13,9 @@ program (``compiled.as_text()``):
   and the rest are on chip, so an operand or output there moves no HBM bytes.
 * A ``copy-start`` or ``slice-start`` (asynchronous copy or slice) moves its
   destination's bytes once: a prefetch (HBM -> on chip) or an eviction (on
-  chip -> HBM) counts once, an on-chip copy not at all. ``*-done``, ``get-tuple-element``, ``tuple``, ``bitcast``,
-  ``parameter`` and ``constant`` move nothing.
+  chip -> HBM) counts once, an on-chip copy not at all. ``*-done``,
+  ``get-tuple-element``, ``tuple``, ``bitcast``, ``parameter`` and
+  ``constant`` move nothing.
 * A ``conditional`` is charged its most expensive branch; a ``while`` or
   ``call`` its body once (the trip count is not known from the text).
 
@@ -160,7 +161,8 @@ def _hbm_bytes(arrays: tuple[Array, ...]) -> int:
 
 
 def _called(attributes: str, key: str) -> list[str]:
-  """Computation names an attribute such as ``body=%b`` or ``branch_computations={%a, %b}`` names."""
+  """Computation names an attribute such as ``body=%b`` or
+  ``branch_computations={%a, %b}`` names."""
   match = re.search(key + r"=\{([^}]*)\}", attributes)
   if match:
     return re.findall(r"%?([\w.\-]+)", match.group(1))

@@ -34,8 +34,8 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import optax
+from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clip_overhead  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -47,7 +47,9 @@ Usage::
   python examples/dllm_rl.py --quick --out /tmp/dllm_quick
   python examples/dllm_rl.py --seeds 3 --sweep-sigma 0,0.3,1,3 --out examples/results/dllm_rl
   python examples/dllm_rl.py --seeds 3 --sweep-mc 1,4,16 --out examples/results/dllm_rl
-  python examples/dllm_rl.py --seeds 3 --steps 40 --methods stabledrl --sweep-estimators independent,complementary,shared,mean,mean-sandwich --out examples/results/dllm_rl
+  python examples/dllm_rl.py --seeds 3 --steps 40 --methods stabledrl \\
+      --sweep-estimators independent,complementary,shared,mean,mean-sandwich \\
+      --out examples/results/dllm_rl
   python examples/dllm_rl.py --table --out examples/results/dllm_rl
   python examples/dllm_rl.py --replot --out examples/results/dllm_rl
 
@@ -96,9 +98,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm import plots
-from dllm.config import Config, MASK_MODES, METHODS
-from dllm.model import make_model, num_params, warm_start
-from dllm.rl_step import make_optimizer, make_rl_step
+from dllm.config import MASK_MODES
+from dllm.config import METHODS
+from dllm.config import Config
+from dllm.model import make_model
+from dllm.model import num_params
+from dllm.model import warm_start
+from dllm.rl_step import make_optimizer
+from dllm.rl_step import make_rl_step
 from dllm.sampler import LogitsFn
 
 # The estimator rows (--sweep-estimators): M = 2 masks per ELBO, each row one

@@ -27,16 +27,16 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
-import optax  # pylint: disable=g-import-not-at-top
 from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
 from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
 from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
+
 from benchmarks import hlo_traffic  # pylint: disable=g-import-not-at-top
 from benchmarks import norm_tpu  # pylint: disable=g-import-not-at-top
-import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
 
 TARGETS = ("v5e", "v5p")
 # The temp of the norm's partial sums grows with the leaves' sizes, so the

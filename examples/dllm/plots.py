@@ -4,7 +4,8 @@ import os
 
 import numpy as np
 
-from .config import Config, METHODS
+from .config import METHODS
+from .config import Config
 
 COLORS = {"grpo": "tab:red", "stabledrl": "tab:blue"}
 

@@ -16,9 +16,13 @@ import optax
 
 import stabledrl_jax
 
-from .config import Config, METHODS
+from .config import METHODS
+from .config import Config
 from .model import token_logp
-from .sampler import LogitsFn, sample_completions, sample_prompts, sort_reward
+from .sampler import LogitsFn
+from .sampler import sample_completions
+from .sampler import sample_prompts
+from .sampler import sort_reward
 
 
 def policy_loss(method: str, seq_logp: jax.Array, old_seq_logp: jax.Array,
