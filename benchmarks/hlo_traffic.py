@@ -161,8 +161,10 @@ def _hbm_bytes(arrays: tuple[Array, ...]) -> int:
 
 
 def _called(attributes: str, key: str) -> list[str]:
-  """Computation names an attribute such as ``body=%b`` or
-  ``branch_computations={%a, %b}`` names."""
+  """Computation names that an attribute names.
+
+  E.g. ``body=%b`` or ``branch_computations={%a, %b}``.
+  """
   match = re.search(key + r"=\{([^}]*)\}", attributes)
   if match:
     return re.findall(r"%?([\w.\-]+)", match.group(1))

@@ -34,7 +34,6 @@ from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-t
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
-
 from benchmarks import hlo_traffic  # pylint: disable=g-import-not-at-top
 
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",

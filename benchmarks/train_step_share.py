@@ -39,6 +39,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clip_overhead  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 import xla_targets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

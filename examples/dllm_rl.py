@@ -1,4 +1,4 @@
-"""Toy diffusion-LM RL study: GRPO's conditional clip versus StableDRL.
+r"""Toy diffusion-LM RL study: GRPO's conditional clip versus StableDRL.
 
 A tiny masked-diffusion language model (``flax.nnx``, 2-layer bidirectional
 transformer, d=128, ~400k parameters) learns to sort 5 digits. It is
@@ -47,8 +47,8 @@ Usage::
   python examples/dllm_rl.py --quick --out /tmp/dllm_quick
   python examples/dllm_rl.py --seeds 3 --sweep-sigma 0,0.3,1,3 --out examples/results/dllm_rl
   python examples/dllm_rl.py --seeds 3 --sweep-mc 1,4,16 --out examples/results/dllm_rl
-  python examples/dllm_rl.py --seeds 3 --steps 40 --methods stabledrl \\
-      --sweep-estimators independent,complementary,shared,mean,mean-sandwich \\
+  python examples/dllm_rl.py --seeds 3 --steps 40 --methods stabledrl \
+      --sweep-estimators independent,complementary,shared,mean,mean-sandwich \
       --out examples/results/dllm_rl
   python examples/dllm_rl.py --table --out examples/results/dllm_rl
   python examples/dllm_rl.py --replot --out examples/results/dllm_rl

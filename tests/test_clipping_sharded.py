@@ -17,6 +17,9 @@ from jax.sharding import PartitionSpec as P
 
 import stabledrl_jax as sdrl
 
+# Minutes on two cores (8-device shard_map/pmap compiles): out of the quick loop, in CI.
+pytestmark = pytest.mark.slow
+
 CLIPS = (sdrl.unconditional_clip, sdrl.conditional_clip)
 RTOL = 1e-6
 

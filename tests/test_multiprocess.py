@@ -23,6 +23,9 @@ HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import multiprocess_clip_worker as worker  # pylint: disable=g-import-not-at-top
 
+# Minutes on two cores (launches jax.distributed worker processes): out of the quick loop, in CI.
+pytestmark = pytest.mark.slow
+
 NUM_PROCESSES = 2
 TIMEOUT_S = 240
 

@@ -20,6 +20,9 @@ from stabledrl_jax._src import diffusion
 from stabledrl_jax._src import normalization
 from stabledrl_jax._src import objectives
 
+# Minutes on two cores (8-device shard_map compiles): out of the quick loop, in CI.
+pytestmark = pytest.mark.slow
+
 DEVICES = 8
 ROWS = 3  # rows per device: groups of 4 always straddle devices
 B = DEVICES * ROWS

@@ -14,6 +14,9 @@ pytest.importorskip("orbax.checkpoint", reason="orbax-checkpoint not installed")
 
 import orbax_resume_worker as worker  # noqa: E402  (tests/ is on sys.path)
 
+# Minutes on two cores (checkpoint, then resume in a fresh process): out of the quick loop.
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPLIT, TOTAL = 15, 32
 

@@ -14,9 +14,16 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 RUNTIME = {"jax", "jaxlib", "optax", "numpy"}
 
 
+# Distributions whose import name differs from their name.
+IMPORT_NAMES = {"orbax-checkpoint": "orbax", "google-tunix": "tunix"}
+
+
 def requirement(spec):
-  """("jax", ">=", "0.6.1") from "jax>=0.6.1"."""
-  name, op, version = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(>=|==)\s*(\S+)", spec).groups()
+  """("jax", ">=", "0.6.1") from "jax>=0.6.1" (extras and markers dropped)."""
+  match = re.fullmatch(
+      r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*(>=|==)\s*([^\s;]+)\s*(?:;.*)?", spec)
+  assert match, spec
+  name, op, version = match.groups()
   return name.lower(), op, version
 
 
@@ -36,12 +43,17 @@ def third_party_imports(folder):
         imported.update(alias.name.split(".")[0] for alias in node.names)
       elif isinstance(node, ast.ImportFrom) and node.level == 0:
         imported.add(node.module.split(".")[0])
-  local = {p.stem for p in folder.iterdir()}
+  # The repository's own scripts and folders (tests import examples and
+  # benchmark helpers from the checkout).
+  local = {p.stem for d in ("examples", "benchmarks", "tests") for p in (ROOT / d).iterdir()}
+  local |= {"examples", "benchmarks"}
   return imported - set(sys.stdlib_module_names) - {"stabledrl_jax"} - local
 
 
-def extra(name):
-  return {requirement(d)[0] for d in PYPROJECT["project"]["optional-dependencies"][name]}
+def extra(*names):
+  extras = PYPROJECT["project"]["optional-dependencies"]
+  dists = {requirement(d)[0] for name in names for d in extras[name]}
+  return {IMPORT_NAMES.get(dist, dist) for dist in dists}
 
 
 def test_the_package_imports_only_its_runtime_dependencies():
@@ -49,10 +61,12 @@ def test_the_package_imports_only_its_runtime_dependencies():
   assert third_party_imports(ROOT / "stabledrl_jax") == RUNTIME - {"jaxlib"}
 
 
-@pytest.mark.parametrize("folder, extra_name", [
-    ("examples", "examples"), ("benchmarks", "examples"), ("tests", "test")])
-def test_scripts_import_only_what_their_extra_installs(folder, extra_name):
-  assert third_party_imports(ROOT / folder) <= RUNTIME | extra(extra_name)
+# The tunix example and its integration test run in the tunix extra's venv.
+@pytest.mark.parametrize("folder, extra_names", [
+    ("examples", ("examples", "tunix")), ("benchmarks", ("examples",)),
+    ("tests", ("test", "tunix"))])
+def test_scripts_import_only_what_their_extra_installs(folder, extra_names):
+  assert third_party_imports(ROOT / folder) <= RUNTIME | extra(*extra_names)
 
 
 def test_ci_installs_the_declared_minimum_versions():

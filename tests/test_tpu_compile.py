@@ -34,9 +34,11 @@ from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-t
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
-
 from benchmarks import hlo_traffic  # pylint: disable=g-import-not-at-top
 from benchmarks import norm_tpu  # pylint: disable=g-import-not-at-top
+
+# Minutes on two cores (deviceless XLA:TPU compiles): out of the quick loop, in CI.
+pytestmark = pytest.mark.slow
 
 TARGETS = ("v5e", "v5p")
 # The temp of the norm's partial sums grows with the leaves' sizes, so the
