@@ -40,7 +40,7 @@ References:
   Separation Networks <https://arxiv.org/abs/2007.14469>`_, 2020.
 """
 
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,9 @@ import optax
 from stabledrl_jax._src import clipping
 from stabledrl_jax._src import norms
 from stabledrl_jax._src import validation
-from stabledrl_jax._src.distributed import AxisName
+from stabledrl_jax._src.typing import AxisName
+from stabledrl_jax._src.typing import PyTree
+from stabledrl_jax._src.typing import Scalar
 
 # Added to the standard deviation before dividing by it, as in ZClip.
 _STD_EPS = 1e-6
@@ -60,7 +62,8 @@ _STD_EPS = 1e-6
 _MIN_RELATIVE_STD = 0.1
 
 
-def _check_unit_interval(name: str, value: Any, *, closed_right: bool) -> None:
+def _check_unit_interval(name: str, value: Scalar, *,
+                         closed_right: bool) -> None:
   """Raises unless a concrete ``value`` lies in (0, 1) or (0, 1]."""
   number = validation.concrete_scalar(name, value)
   if number is None:
@@ -71,12 +74,12 @@ def _check_unit_interval(name: str, value: Any, *, closed_right: bool) -> None:
     raise ValueError(f"{name} must lie in {interval}, got {value!r}.")
 
 
-def _check_max_norm(max_norm: Any) -> None:
+def _check_max_norm(max_norm: Optional[Scalar]) -> None:
   if max_norm is not None:
     validation.check_positive("max_norm", max_norm, float32=True)
 
 
-def _ceiling(max_norm: Any) -> tuple[jax.Array, jax.Array]:
+def _ceiling(max_norm: Optional[Scalar]) -> tuple[jax.Array, jax.Array]:
   """``(valid, ceiling)``: ``max_norm`` as float32, +inf when None or invalid.
 
   An invalid traced ``max_norm`` (≤ 0, NaN, inf) zeroes the step; the +inf
@@ -85,7 +88,7 @@ def _ceiling(max_norm: Any) -> tuple[jax.Array, jax.Array]:
   return clipping.usable_threshold(max_norm, placeholder=jnp.inf)
 
 
-def _f32(x: Any) -> jax.Array:
+def _f32(x: jax.typing.ArrayLike) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
 
@@ -127,7 +130,7 @@ class ZScoreClipState(NamedTuple):
     >>> float(state.mean), float(state.var), int(state.count)
     (2.0, 1.0, 2)
   """
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # field shadows tuple.count
   mean: jax.Array
   var: jax.Array
   threshold: jax.Array
@@ -142,9 +145,9 @@ def zscore_clip(
     alpha: float = 0.97,
     z_thresh: float = 2.5,
     warmup_steps: int = 25,
-    max_norm: Any = None,
+    max_norm: Optional[Scalar] = None,
     axis_name: Optional[AxisName] = None,
-    partition_specs: Any = None,
+    partition_specs: Optional[PyTree] = None,
 ) -> optax.GradientTransformation:
   """ZClip: clips global-norm outliers measured by an EMA z-score.
 
@@ -305,7 +308,7 @@ class QuantileClipState(NamedTuple):
     (Array([1., 2., 8., 0.], dtype=float32), 1.9)
   """
   norms: jax.Array
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # field shadows tuple.count
   threshold: jax.Array
   global_norm: jax.Array
   scale: jax.Array
@@ -319,7 +322,7 @@ def _window_values(buffer: jax.Array, count: jax.Array) -> jax.Array:
 
 
 def _ring_quantile(buffer: jax.Array, count: jax.Array,
-                   quantile: Any) -> jax.Array:
+                   quantile: Scalar) -> jax.Array:
   """``numpy.quantile(recorded, quantile)`` (linear) over the filled slots."""
   size = buffer.shape[0]
   filled = _window_values(buffer, count)
@@ -339,9 +342,9 @@ def quantile_clip(
     quantile: float = 0.9,
     history: int = 1000,
     min_history: int = 10,
-    max_norm: Any = None,
+    max_norm: Optional[Scalar] = None,
     axis_name: Optional[AxisName] = None,
-    partition_specs: Any = None,
+    partition_specs: Optional[PyTree] = None,
 ) -> optax.GradientTransformation:
   """AutoClip: clips at a quantile of the recent global norms.
 
@@ -475,9 +478,9 @@ class SkipSpikesState(NamedTuple):
     >>> out["w"], bool(state.skipped), int(state.num_skipped)
     (Array([0.], dtype=float32), True, 1)
   """
-  inner_state: Any
+  inner_state: optax.OptState
   norms: jax.Array
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # field shadows tuple.count
   threshold: jax.Array
   global_norm: jax.Array
   skipped: jax.Array
@@ -486,14 +489,14 @@ class SkipSpikesState(NamedTuple):
   consecutive_skips: jax.Array
 
 
-def _select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+def _select_tree(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
   """Leafwise ``jnp.where(pred, on_true, on_false)``; keeps dtypes."""
   def select(t, f):
     return jnp.where(pred, t, f).astype(jnp.result_type(f))
   return jax.tree.map(select, on_true, on_false)
 
 
-def _zeros_where(pred: jax.Array, tree: Any) -> Any:
+def _zeros_where(pred: jax.Array, tree: PyTree) -> PyTree:
   return jax.tree.map(
       lambda u: jnp.where(pred, jnp.zeros((), u.dtype), u), tree)
 
@@ -501,13 +504,13 @@ def _zeros_where(pred: jax.Array, tree: Any) -> Any:
 def skip_spikes(
     inner: optax.GradientTransformation,
     *,
-    max_norm: Any = None,
+    max_norm: Optional[Scalar] = None,
     z_thresh: Optional[float] = None,
     window: int = 128,
     min_history: int = 64,
     max_consecutive: int = 10,
     axis_name: Optional[AxisName] = None,
-    partition_specs: Any = None,
+    partition_specs: Optional[PyTree] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps an optimizer so that spike and non-finite steps are skipped.
 

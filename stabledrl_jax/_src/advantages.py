@@ -17,18 +17,20 @@ References:
   Advantage Estimation <https://arxiv.org/abs/1506.02438>`_, 2015.
 """
 
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from stabledrl_jax._src import validation
-from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.reductions import float_dtype
 from stabledrl_jax._src.reductions import masked_total
 from stabledrl_jax._src.reductions import resolve_segments
 from stabledrl_jax._src.reductions import safe_divide
 from stabledrl_jax._src.reductions import segment_total
+from stabledrl_jax._src.typing import AdvantageScale
+from stabledrl_jax._src.typing import AxisName
+from stabledrl_jax._src.typing import Scalar
 from stabledrl_jax._src.validation import check_ndim
 from stabledrl_jax._src.validation import check_same_shape
 
@@ -38,8 +40,9 @@ ADVANTAGE_SCALES = ("group", "batch", "none")
 class _Groups:
   """Group ids of the local rows, and per-group counts, sums and means."""
 
-  def __init__(self, rewards: jax.Array, group_size: Any, segment_ids: Any,
-               num_segments: Any, axis_name: Optional[AxisName]):
+  def __init__(self, rewards: jax.Array, group_size: Optional[int],
+               segment_ids: Optional[jax.typing.ArrayLike],
+               num_segments: Optional[int], axis_name: Optional[AxisName]):
     check_ndim("rewards", rewards, 1)
     if group_size is None and segment_ids is None:
       raise ValueError(
@@ -78,8 +81,8 @@ def group_advantages(
     group_size: Optional[int] = None,
     segment_ids: Optional[jax.typing.ArrayLike] = None,
     num_segments: Optional[int] = None,
-    scale: str = "group",
-    eps: Any = 1e-6,
+    scale: AdvantageScale = "group",
+    eps: Scalar = 1e-6,
     axis_name: Optional[AxisName] = None,
 ) -> jax.Array:
   """GRPO advantages: reward minus its group's mean, optionally scaled.
@@ -190,8 +193,8 @@ def gae_advantages(
     values: jax.typing.ArrayLike,
     discounts: jax.typing.ArrayLike,
     *,
-    gamma: Any,
-    lam: Any,
+    gamma: Scalar,
+    lam: Scalar,
 ) -> jax.Array:
   """Generalized advantage estimation, a reverse ``lax.scan`` over time.
 

@@ -31,7 +31,11 @@ import optax
 
 from stabledrl_jax._src import norms
 from stabledrl_jax._src import validation
-from stabledrl_jax._src.distributed import AxisName
+from stabledrl_jax._src.typing import AxisName
+from stabledrl_jax._src.typing import NonFinitePolicy
+from stabledrl_jax._src.typing import PyTree
+from stabledrl_jax._src.typing import Scalar
+from stabledrl_jax._src.typing import Updates
 
 NONFINITE_POLICIES = ("zero", "propagate")
 
@@ -76,15 +80,16 @@ def init_clip_state() -> ClipState:
   )
 
 
-def check_clip_args(max_norm: Any, axis_name: Optional[AxisName],
-                    partition_specs: Any, nonfinite: str) -> None:
+def check_clip_args(max_norm: Optional[Scalar], axis_name: Optional[AxisName],
+                    partition_specs: Optional[PyTree],
+                    nonfinite: NonFinitePolicy) -> None:
   """Validates the arguments shared by the clipping transforms."""
   validation.check_positive("max_norm", max_norm, float32=True)
   validation.check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
   norms.check_layout(axis_name, partition_specs)
 
 
-def usable_threshold(max_norm: Any,
+def usable_threshold(max_norm: Optional[Scalar],
                      placeholder: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Checks a (possibly traced) ``max_norm``; returns ``(valid, threshold)``.
 
@@ -106,7 +111,7 @@ def usable_threshold(max_norm: Any,
   return valid, jnp.where(valid, max_norm, jnp.float32(placeholder))
 
 
-def clip_scale(norm: jax.Array, threshold: Any) -> jax.Array:
+def clip_scale(norm: jax.Array, threshold: Scalar) -> jax.Array:
   """``min(1, threshold / norm)`` in float32 for a threshold in (0, inf].
 
   ``norm == 0`` gives exactly 1 (``threshold / 0`` is +inf), never NaN.
@@ -115,7 +120,8 @@ def clip_scale(norm: jax.Array, threshold: Any) -> jax.Array:
   return jnp.minimum(1.0, threshold / norm)
 
 
-def scale_updates(updates: Any, scale: jax.Array, keep: Optional[jax.Array]):
+def scale_updates(updates: Updates, scale: jax.Array,
+                  keep: Optional[jax.typing.ArrayLike]) -> Updates:
   """``u * scale`` on floating leaves, zero where ``keep`` is False.
 
   The product is taken in float32 (or the leaf's wider dtype) and then cast to
@@ -139,8 +145,9 @@ def scale_updates(updates: Any, scale: jax.Array, keep: Optional[jax.Array]):
   return jax.tree.map(scale_leaf, updates)
 
 
-def clip_to_threshold(updates: Any, norm: jax.Array, threshold: Any,
-                      valid: Any = True) -> tuple[Any, jax.Array]:
+def clip_to_threshold(updates: Updates, norm: jax.Array, threshold: Scalar,
+                      valid: jax.typing.ArrayLike = True
+                      ) -> tuple[Updates, jax.Array]:
   """Scales ``updates`` by ``clip_scale(norm, threshold)``, or zeroes them.
 
   The "zero" policy shared by every clipping transform: a step whose norm is
@@ -156,8 +163,9 @@ def clip_to_threshold(updates: Any, norm: jax.Array, threshold: Any,
 
 
 def count_steps(num_clipped: jax.Array, num_nonfinite: jax.Array,
-                norm: jax.Array, threshold: Any,
-                valid: Any = True) -> tuple[jax.Array, jax.Array]:
+                norm: jax.Array, threshold: Scalar,
+                valid: jax.typing.ArrayLike = True
+                ) -> tuple[jax.Array, jax.Array]:
   """Adds this step to the int32 counters of clipped and non-finite steps.
 
   A step with an invalid user threshold counts as non-finite.
@@ -168,7 +176,7 @@ def count_steps(num_clipped: jax.Array, num_nonfinite: jax.Array,
           num_nonfinite + (~keep).astype(jnp.int32))
 
 
-def _init_fn(partition_specs: Any):
+def _init_fn(partition_specs: Optional[PyTree]) -> optax.TransformInitFn:
   """An ``init_fn`` that checks ``partition_specs`` against the params early."""
   def init_fn(params):
     norms.check_params_layout(params, partition_specs)
@@ -177,7 +185,8 @@ def _init_fn(partition_specs: Any):
 
 
 def next_clip_state(state: Any, norm: jax.Array, scale: jax.Array,
-                    threshold: Any, valid: Any = True) -> ClipState:
+                    threshold: Scalar,
+                    valid: jax.typing.ArrayLike = True) -> ClipState:
   """The :class:`ClipState` after a step: its norm, scale and counters.
 
   ``state`` is any state with ``num_clipped`` and ``num_nonfinite`` counters
@@ -189,11 +198,11 @@ def next_clip_state(state: Any, norm: jax.Array, scale: jax.Array,
 
 
 def unconditional_clip(
-    max_norm: Any,
+    max_norm: Scalar,
     *,
     axis_name: Optional[AxisName] = None,
-    partition_specs: Any = None,
-    nonfinite: str = "zero",
+    partition_specs: Optional[PyTree] = None,
+    nonfinite: NonFinitePolicy = "zero",
 ) -> optax.GradientTransformation:
   """Scales updates by ``min(1, max_norm / ||g||)`` with no branch.
 
@@ -256,11 +265,11 @@ def unconditional_clip(
 
 
 def conditional_clip(
-    max_norm: Any,
+    max_norm: Scalar,
     *,
     axis_name: Optional[AxisName] = None,
-    partition_specs: Any = None,
-    nonfinite: str = "zero",
+    partition_specs: Optional[PyTree] = None,
+    nonfinite: NonFinitePolicy = "zero",
 ) -> optax.GradientTransformation:
   """Rescales updates only when ``||g|| > max_norm``, with ``jax.lax.cond``.
 

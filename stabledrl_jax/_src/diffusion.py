@@ -33,7 +33,7 @@ References:
   (coupled sampling).
 """
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,9 @@ from stabledrl_jax._src import validation
 from stabledrl_jax._src.reductions import float_dtype
 from stabledrl_jax._src.reductions import safe_divide
 from stabledrl_jax._src.reductions import valid_mask
+from stabledrl_jax._src.typing import ElboWeighting
+from stabledrl_jax._src.typing import MaskCoupling
+from stabledrl_jax._src.typing import Scalar
 from stabledrl_jax._src.validation import check_int
 from stabledrl_jax._src.validation import check_ndim
 from stabledrl_jax._src.validation import check_same_shape
@@ -76,9 +79,9 @@ def sample_diffusion_masks(
     completion_mask: jax.typing.ArrayLike,
     num_samples: int,
     *,
-    coupling: str = "independent",
-    t_min: Any = 1e-3,
-    t_max: Any = 1.0,
+    coupling: MaskCoupling = "independent",
+    t_min: Scalar = 1e-3,
+    t_max: Scalar = 1.0,
 ) -> DiffusionMasks:
   """Samples ``num_samples`` maskings of each completion (forward process).
 
@@ -155,7 +158,8 @@ def sample_diffusion_masks(
   return DiffusionMasks(masked=masked, t=t)
 
 
-def _check_inputs(token_logp: Any, masks: Any, completion_mask: Any
+def _check_inputs(token_logp: jax.typing.ArrayLike, masks: DiffusionMasks,
+                  completion_mask: jax.typing.ArrayLike
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Checks the estimators' inputs.
 
@@ -190,7 +194,7 @@ def diffusion_elbo(
     masks: DiffusionMasks,
     completion_mask: jax.typing.ArrayLike,
     *,
-    weighting: str = "mean",
+    weighting: ElboWeighting = "mean",
 ) -> jax.Array:
   """Monte Carlo evidence lower bound (ELBO) of each sequence's log-likelihood.
 
@@ -250,7 +254,7 @@ def diffusion_eubo(
     masks: DiffusionMasks,
     completion_mask: jax.typing.ArrayLike,
     *,
-    beta: Any = 1.5,
+    beta: Scalar = 1.5,
 ) -> jax.Array:
   """SPG's evidence upper bound (EUBO) of each sequence's log-likelihood.
 
@@ -326,7 +330,7 @@ def sandwich_logp(
     eubo: jax.typing.ArrayLike,
     advantages: jax.typing.ArrayLike,
     *,
-    mix: Any = 0.5,
+    mix: Scalar = 0.5,
 ) -> jax.Array:
   """SPG's sandwiched log-likelihood: the lower bound for A > 0, a mix else.
 

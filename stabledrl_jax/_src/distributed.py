@@ -6,15 +6,16 @@ and becomes exact under ``jax.pmap`` / ``jax.shard_map`` without a second code
 path.
 """
 
-from collections.abc import Hashable
-from typing import Optional, Union
+from typing import Optional, TypeVar
 
 import jax
 
-AxisName = Union[Hashable, tuple[Hashable, ...]]
+from stabledrl_jax._src.typing import AxisName
+
+Tree = TypeVar("Tree")
 
 
-def all_sum(x: jax.Array, axis_name: Optional[AxisName]) -> jax.Array:
+def all_sum(x: Tree, axis_name: Optional[AxisName]) -> Tree:
   """``jax.lax.psum(x, axis_name)``, or ``x`` itself when ``axis_name`` is None.
 
   Args:
@@ -34,7 +35,7 @@ def all_sum(x: jax.Array, axis_name: Optional[AxisName]) -> jax.Array:
   return jax.lax.psum(x, axis_name)
 
 
-def all_max(x: jax.Array, axis_name: Optional[AxisName]) -> jax.Array:
+def all_max(x: Tree, axis_name: Optional[AxisName]) -> Tree:
   """``jax.lax.pmax(x, axis_name)``, or ``x`` itself when ``axis_name`` is None.
 
   Args:

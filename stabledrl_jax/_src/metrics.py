@@ -11,7 +11,7 @@ into plain mappings), or a framework's trainer holding such an optimizer.
 scalars for a metrics logger.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -25,13 +25,14 @@ from stabledrl_jax._src import clipping
 class _Kind(NamedTuple):
   """How to recognise one state type and which metrics it reports."""
   prefix: str
-  state_type: type
+  fields: tuple[str, ...]  # the state NamedTuple's ``_fields``
   # metric name -> function of the state's fields (a mapping of arrays).
-  metrics: dict[str, Any]
+  metrics: dict[str, Callable[[Mapping[str, jax.Array]], jax.Array]]
 
 
-def _field(name, dtype=None):
-  def get(fields):
+def _field(name: str, dtype: Optional[jnp.dtype] = None
+           ) -> Callable[[Mapping[str, jax.Array]], jax.Array]:
+  def get(fields: Mapping[str, jax.Array]) -> jax.Array:
     value = fields[name]
     return value if dtype is None else value.astype(dtype)
   return get
@@ -45,18 +46,18 @@ _CLIP_METRICS = {
 }
 
 _KINDS = (
-    _Kind("clip", clipping.ClipState, _CLIP_METRICS),
-    _Kind("zscore_clip", adaptive.ZScoreClipState, {
+    _Kind("clip", clipping.ClipState._fields, _CLIP_METRICS),
+    _Kind("zscore_clip", adaptive.ZScoreClipState._fields, {
         **_CLIP_METRICS,
         "threshold": _field("threshold"),
         "norm_mean": _field("mean"),
         "norm_std": lambda fields: jnp.sqrt(fields["var"]),
     }),
-    _Kind("quantile_clip", adaptive.QuantileClipState, {
+    _Kind("quantile_clip", adaptive.QuantileClipState._fields, {
         **_CLIP_METRICS,
         "threshold": _field("threshold"),
     }),
-    _Kind("skip_spikes", adaptive.SkipSpikesState, {
+    _Kind("skip_spikes", adaptive.SkipSpikesState._fields, {
         "global_norm": _field("global_norm"),
         "threshold": _field("threshold"),
         "skipped": _field("skipped", jnp.int32),
@@ -109,7 +110,7 @@ def _find(node: Any, found: list[tuple[str, Any]]) -> None:
   """Appends ``(prefix, metrics dict)`` for every state in ``node``,
   depth-first, outer states before the ones they wrap."""
   for kind in _KINDS:
-    fields = _as_fields(node, kind.state_type._fields)
+    fields = _as_fields(node, kind.fields)
     if fields is not None:
       values = {k: _unwrap(v) for k, v in fields.items() if k != "inner_state"}
       found.append((kind.prefix,

@@ -15,16 +15,17 @@ References:
   1982.
 """
 
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from stabledrl_jax._src import validation
-from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.distributed import all_sum
 from stabledrl_jax._src.reductions import safe_divide
 from stabledrl_jax._src.reductions import valid_mask
+from stabledrl_jax._src.typing import AxisName
+from stabledrl_jax._src.typing import Scalar
 
 
 class RunningStats(NamedTuple):
@@ -43,7 +44,7 @@ class RunningStats(NamedTuple):
     >>> float(stats.count), float(stats.mean), round(float(stats.var), 4)
     (3.0, 2.0, 0.6667)
   """
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # field shadows tuple.count
   mean: jax.Array
   var: jax.Array
 
@@ -153,8 +154,8 @@ def normalize_rewards(
     rewards: jax.typing.ArrayLike,
     stats: RunningStats,
     *,
-    eps: Any = 1e-8,
-    clip: Optional[Any] = None,
+    eps: Scalar = 1e-8,
+    clip: Optional[Scalar] = None,
 ) -> jax.Array:
   """Standardizes rewards with running statistics: ``(r − μ) / sqrt(σ² + eps)``.
 

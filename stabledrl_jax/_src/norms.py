@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from stabledrl_jax._src import distributed
-from stabledrl_jax._src.distributed import AxisName
+from stabledrl_jax._src.typing import AxisName
+from stabledrl_jax._src.typing import PyTree
 
 
 def is_counted(leaf: Any) -> bool:
@@ -59,7 +60,7 @@ def _scale_factor(dtype: jnp.dtype) -> jax.Array:
   return jax.lax.optimization_barrier(jnp.asarray(2.0**_LOG2_DOWN, dtype))
 
 
-def _real_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _real_sums(x: jax.Array) -> tuple[jax.Array, ...]:
   """``(Σ x², Σ (x·2⁻⁸⁸)²)`` of a real array, as float32 scalars."""
   info = jnp.finfo(x.dtype)
   # Float64 leaves (x64 mode) are accumulated in float64, the rest in float32.
@@ -78,7 +79,7 @@ def _real_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return plain.astype(jnp.float32), small.astype(jnp.float32)
 
 
-def _leaf_sums(leaf: Any) -> tuple[jax.Array, jax.Array]:
+def _leaf_sums(leaf: jax.typing.ArrayLike) -> tuple[jax.Array, ...]:
   """:func:`_real_sums` of a leaf; complex leaves add both parts."""
   leaf = jnp.asarray(leaf)
   if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
@@ -86,11 +87,13 @@ def _leaf_sums(leaf: Any) -> tuple[jax.Array, jax.Array]:
   return _real_sums(leaf)
 
 
-def _add(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]):
+def _add(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]
+         ) -> tuple[jax.Array, ...]:
   return tuple(p + q for p, q in zip(a, b))
 
 
-def _pairwise_sum(values: list[tuple[jax.Array, jax.Array]]):
+def _pairwise_sum(values: list[tuple[jax.Array, ...]]
+                  ) -> tuple[jax.Array, ...]:
   """Sum of pairs of scalars as a balanced tree of adds (zeros when empty).
 
   A linear chain ``((v0 + v1) + v2) + ...`` lets XLA:TPU run every leaf's
@@ -116,7 +119,7 @@ def _norm_from_sums(plain: jax.Array, scaled: jax.Array) -> jax.Array:
 
 def _spec_axes(spec: PartitionSpec) -> tuple[Hashable, ...]:
   """The mesh axes a ``PartitionSpec`` shards over, sorted, each once."""
-  axes = set()
+  axes: set[Hashable] = set()
   for entry in spec:
     if entry is None or entry is PartitionSpec.UNCONSTRAINED:
       continue
@@ -124,7 +127,8 @@ def _spec_axes(spec: PartitionSpec) -> tuple[Hashable, ...]:
   return tuple(sorted(axes, key=str))
 
 
-def leaf_partition_specs(tree: Any, partition_specs: Any) -> list[PartitionSpec]:
+def leaf_partition_specs(tree: PyTree,
+                         partition_specs: PyTree) -> list[PartitionSpec]:
   """The ``PartitionSpec`` of each leaf of ``tree``, in ``jax.tree.leaves`` order.
 
   ``partition_specs`` may be a prefix of ``tree``, as shard_map's ``in_specs``:
@@ -154,13 +158,15 @@ def leaf_partition_specs(tree: Any, partition_specs: Any) -> list[PartitionSpec]
   return jax.tree.leaves(broadcast, is_leaf=is_spec)
 
 
-def check_params_layout(params: Any, partition_specs: Any) -> None:
+def check_params_layout(params: Optional[PyTree],
+                        partition_specs: Optional[PyTree]) -> None:
   """At ``init``: raises when ``partition_specs`` does not match ``params``."""
   if partition_specs is not None and params is not None:
     leaf_partition_specs(params, partition_specs)
 
 
-def check_layout(axis_name: Optional[AxisName], partition_specs: Any) -> None:
+def check_layout(axis_name: Optional[AxisName],
+                 partition_specs: Optional[PyTree]) -> None:
   """Raises when both ``axis_name`` and ``partition_specs`` are given."""
   if axis_name is not None and partition_specs is not None:
     raise ValueError(
@@ -176,8 +182,8 @@ def _is_first(axes: tuple[Hashable, ...]) -> jax.Array:
   return first
 
 
-def _summed(tree: Any, axis_name: Optional[AxisName],
-            partition_specs: Any) -> tuple[jax.Array, jax.Array]:
+def _summed(tree: PyTree, axis_name: Optional[AxisName],
+            partition_specs: Optional[PyTree]) -> tuple[jax.Array, jax.Array]:
   """``(Σ x², Σ (x·2⁻⁸⁸)²)`` of ``tree`` over all devices, one ``psum``.
 
   With ``partition_specs``, each device counts a leaf only if it is at index
@@ -193,28 +199,28 @@ def _summed(tree: Any, axis_name: Optional[AxisName],
     return total[0], total[1]
   leaves = jax.tree.leaves(tree)
   specs = leaf_partition_specs(tree, partition_specs)
-  groups: dict[tuple[Hashable, ...], list] = {}
+  groups: dict[tuple[Hashable, ...], list[tuple[jax.Array, ...]]] = {}
   for leaf, spec in zip(leaves, specs):
     if is_counted(leaf):
       groups.setdefault(_spec_axes(spec), []).append(_leaf_sums(leaf))
   named = tuple(sorted({a for axes in groups for a in axes}, key=str))
-  local = []
+  per_axes = []
   for axes, sums in groups.items():
     replicated = tuple(a for a in named if a not in axes)
-    total = _pairwise_sum(sums)
+    group_sums = _pairwise_sum(sums)
     if replicated:
       first = _is_first(replicated)
-      total = tuple(jnp.where(first, t, 0.0) for t in total)
-    local.append(total)
-  total = distributed.all_sum(jnp.stack(_pairwise_sum(local)), named)
+      group_sums = tuple(jnp.where(first, t, 0.0) for t in group_sums)
+    per_axes.append(group_sums)
+  total = distributed.all_sum(jnp.stack(_pairwise_sum(per_axes)), named)
   return total[0], total[1]
 
 
 def global_norm_squared(
-    tree: Any,
+    tree: PyTree,
     *,
     axis_name: Optional[AxisName] = None,
-    partition_specs: Any = None,
+    partition_specs: Optional[PyTree] = None,
 ) -> jax.Array:
   """Float32 squared L2 norm of the floating leaves of ``tree``.
 
@@ -248,10 +254,10 @@ def global_norm_squared(
 
 
 def global_norm(
-    tree: Any,
+    tree: PyTree,
     *,
     axis_name: Optional[AxisName] = None,
-    partition_specs: Any = None,
+    partition_specs: Optional[PyTree] = None,
 ) -> jax.Array:
   """Float32 L2 norm of all floating (and complex) leaves of ``tree``.
 
@@ -294,7 +300,8 @@ def global_norm(
     >>> tree = [jnp.full((4,), 300.0, jnp.float16)]  # optax gives inf here
     >>> float(global_norm(tree))
     600.0
-    >>> float(global_norm([jnp.float32(2e19)]))  # its square overflows
-    2e+19
+    >>> x = jnp.float32(2e19)  # its square overflows float32
+    >>> float(global_norm([x])) == float(x)
+    True
   """
   return _norm_from_sums(*_summed(tree, axis_name, partition_specs))

@@ -15,13 +15,12 @@ References:
   Shao et al., `DeepSeekMath (GRPO) <https://arxiv.org/abs/2402.03300>`_, 2024.
 """
 
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from stabledrl_jax._src import validation
-from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.distributed import all_max
 from stabledrl_jax._src.distributed import all_sum
 from stabledrl_jax._src.reductions import float_dtype
@@ -31,6 +30,11 @@ from stabledrl_jax._src.reductions import safe_divide
 from stabledrl_jax._src.reductions import segment_peak
 from stabledrl_jax._src.reductions import segment_total
 from stabledrl_jax._src.reductions import valid_mask
+from stabledrl_jax._src.typing import AxisName
+from stabledrl_jax._src.typing import KLKind
+from stabledrl_jax._src.typing import LossAggregation
+from stabledrl_jax._src.typing import RatioLevel
+from stabledrl_jax._src.typing import Scalar
 from stabledrl_jax._src.validation import check_ndim
 from stabledrl_jax._src.validation import check_same_shape
 
@@ -46,7 +50,7 @@ LOG_RATIO_LIMIT = 20.0
 def self_normalized_weights(
     log_ratio: jax.typing.ArrayLike,
     *,
-    max_ratio: Any = 5.0,
+    max_ratio: Scalar = 5.0,
     group_size: Optional[int] = None,
     segment_ids: Optional[jax.typing.ArrayLike] = None,
     num_segments: Optional[int] = None,
@@ -138,7 +142,7 @@ def stabledrl_policy_loss(
     advantages: jax.typing.ArrayLike,
     *,
     ratio_logp: Optional[jax.typing.ArrayLike] = None,
-    max_ratio: Any = 5.0,
+    max_ratio: Scalar = 5.0,
     group_size: Optional[int] = None,
     segment_ids: Optional[jax.typing.ArrayLike] = None,
     num_segments: Optional[int] = None,
@@ -276,7 +280,7 @@ def aggregate_loss(
     values: jax.typing.ArrayLike,
     mask: jax.typing.ArrayLike,
     *,
-    loss_agg: str = "token-mean",
+    loss_agg: LossAggregation = "token-mean",
     axis_name: Optional[AxisName] = None,
 ) -> jax.Array:
   """Reduces ``[B, T]`` per-token values to a scalar, over the global batch.
@@ -350,11 +354,11 @@ def grpo_policy_loss(
     advantages: jax.typing.ArrayLike,
     mask: Optional[jax.typing.ArrayLike] = None,
     *,
-    eps_low: Any = 0.2,
-    eps_high: Any = 0.2,
-    dual_clip: Optional[Any] = None,
-    ratio_level: str = "token",
-    loss_agg: str = "token-mean",
+    eps_low: Scalar = 0.2,
+    eps_high: Scalar = 0.2,
+    dual_clip: Optional[Scalar] = None,
+    ratio_level: RatioLevel = "token",
+    loss_agg: LossAggregation = "token-mean",
     axis_name: Optional[AxisName] = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """PPO/GRPO clipped surrogate loss (conditional clip), with GSPO and dual-clip.
@@ -505,7 +509,7 @@ def grpo_policy_loss(
   return loss, metrics
 
 
-def _check_eps(eps_low: Any, eps_high: Any) -> None:
+def _check_eps(eps_low: Scalar, eps_high: Scalar) -> None:
   low = validation.concrete_scalar("eps_low", eps_low)
   if low is not None and not 0 <= low < 1:
     raise ValueError(f"eps_low must be in [0, 1), got {eps_low!r}.")
@@ -520,8 +524,8 @@ def value_loss(
     returns: jax.typing.ArrayLike,
     mask: jax.typing.ArrayLike,
     *,
-    clip_range: Optional[Any] = None,
-    loss_agg: str = "token-mean",
+    clip_range: Optional[Scalar] = None,
+    loss_agg: LossAggregation = "token-mean",
     axis_name: Optional[AxisName] = None,
 ) -> jax.Array:
   """Squared-error value loss, optionally clipped around the old values (PPO).
@@ -577,7 +581,7 @@ def entropy_bonus(
     logits: jax.typing.ArrayLike,
     mask: jax.typing.ArrayLike,
     *,
-    loss_agg: str = "token-mean",
+    loss_agg: LossAggregation = "token-mean",
     axis_name: Optional[AxisName] = None,
 ) -> jax.Array:
   """Mean entropy of the token distributions, to be *subtracted* from a loss.
@@ -622,8 +626,8 @@ def kl_penalty(
     logp: jax.typing.ArrayLike,
     ref_logp: jax.typing.ArrayLike,
     *,
-    kind: str = "k3",
-    clamp: Optional[Any] = 10.0,
+    kind: KLKind = "k3",
+    clamp: Optional[Scalar] = 10.0,
 ) -> jax.Array:
   """Per-token estimates of KL(π_θ ‖ π_ref) from sampled-token log-probs.
 

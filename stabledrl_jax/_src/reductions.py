@@ -6,14 +6,14 @@ maxima through :func:`~stabledrl_jax._src.distributed.all_max`, so with an
 objectives, the advantages and the running statistics.
 """
 
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from stabledrl_jax._src.distributed import AxisName
 from stabledrl_jax._src.distributed import all_max
 from stabledrl_jax._src.distributed import all_sum
+from stabledrl_jax._src.typing import AxisName
 from stabledrl_jax._src.validation import check_int
 from stabledrl_jax._src.validation import check_same_shape
 from stabledrl_jax._src.validation import check_selection_mask
@@ -25,7 +25,8 @@ def float_dtype(x: jax.Array) -> jnp.dtype:
   return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
-def valid_mask(mask: Any, like: jax.Array, name: str = "mask") -> jax.Array:
+def valid_mask(mask: Optional[jax.typing.ArrayLike], like: jax.typing.ArrayLike,
+               name: str = "mask") -> jax.Array:
   """``mask`` as booleans (all True when None), checked against ``like``.
 
   Masks select (non-zero or True: use the entry); a concrete negative or NaN
@@ -38,7 +39,7 @@ def valid_mask(mask: Any, like: jax.Array, name: str = "mask") -> jax.Array:
   return jnp.asarray(mask) != 0
 
 
-def masked_total(x: Any, mask: jax.Array,
+def masked_total(x: jax.typing.ArrayLike, mask: jax.Array,
                  axis_name: Optional[AxisName] = None) -> jax.Array:
   """Sum of ``x`` over the entries where ``mask`` holds, over all devices.
 
@@ -81,8 +82,10 @@ class Segments(NamedTuple):
   in_range: jax.Array
 
 
-def resolve_segments(values: jax.Array, segment_ids: Any = None,
-                     num_segments: Any = None, *, group_size: Any = None,
+def resolve_segments(values: jax.Array,
+                     segment_ids: Optional[jax.typing.ArrayLike] = None,
+                     num_segments: Optional[int] = None, *,
+                     group_size: Optional[int] = None,
                      axis_name: Optional[AxisName] = None) -> Segments:
   """Checks grouping arguments and returns the segment of every entry.
 

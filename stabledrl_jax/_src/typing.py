@@ -18,8 +18,15 @@ ArrayLike = jax.typing.ArrayLike
 AxisName = Union[Hashable, tuple[Hashable, ...]]
 """A mapped axis name (``pmap``/``shard_map``), or a tuple of such names."""
 
+Scalar = Union[float, jax.Array]
+"""A scalar hyperparameter: a Python number or a (possibly traced) 0-d array,
+e.g. from ``optax.inject_hyperparams``."""
+
 Updates = Any
 """A pytree of gradients or updates, as optax's ``Updates``."""
+
+PyTree = Any
+"""A pytree of arrays (nested tuples, lists, dicts and registered nodes)."""
 
 NonFinitePolicy = Literal["zero", "propagate"]
 """``nonfinite=`` of the clipping transforms."""
