@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-t
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
+from benchmarks import clip_overhead  # pylint: disable=g-import-not-at-top
 from benchmarks import hlo_traffic  # pylint: disable=g-import-not-at-top
 
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
@@ -44,18 +45,7 @@ VARIANTS = ("adamw", "ours", "conditional", "optax")
 def gpt_shapes(width: int = 512, vocab: int = 50304,
                layers: int = 12) -> dict[str, tuple[int, ...]]:
   """The GPT-shaped tree of ``clip_overhead.py``: ``8 * layers + 2`` leaves."""
-  shapes = {"embed": (vocab, width)}
-  for i in range(layers):
-    shapes[f"block{i:02d}/ln1_scale"] = (width,)
-    shapes[f"block{i:02d}/qkv_kernel"] = (width, 3 * width)
-    shapes[f"block{i:02d}/qkv_bias"] = (3 * width,)
-    shapes[f"block{i:02d}/out_kernel"] = (width, width)
-    shapes[f"block{i:02d}/ln2_scale"] = (width,)
-    shapes[f"block{i:02d}/mlp_in_kernel"] = (width, 4 * width)
-    shapes[f"block{i:02d}/mlp_in_bias"] = (4 * width,)
-    shapes[f"block{i:02d}/mlp_out_kernel"] = (4 * width, width)
-  shapes["final_ln_scale"] = (width,)
-  return shapes
+  return clip_overhead.gpt_shapes(width, vocab, layers)
 
 
 def small_shapes(num_leaves: int = 1000) -> dict[str, tuple[int, ...]]:
