@@ -68,13 +68,13 @@ def _real_sums(x: jax.Array) -> tuple[jax.Array, ...]:
   zero = jnp.zeros((), dtype)
   x = x.astype(dtype)
   dims = tuple(range(x.ndim))
-  add = lambda a, b: tuple(p + q for p, q in zip(a, b))
   if float(info.max) ** 2 < float(jnp.finfo(jnp.float32).max) / 2**40:
     # float16, fp8: squares cannot overflow float32; one sum.
     return jnp.sum(x * x).astype(jnp.float32), jnp.zeros((), jnp.float32)
   scaled = x * _scale_factor(dtype)
-  # One variadic reduce: both sums come from the same read of ``x``.
-  plain, small = jax.lax.reduce((x * x, scaled * scaled), (zero, zero), add,
+  # One variadic reduce: both sums come from the same read of ``x``. The
+  # reducer is a module-level function so that eager calls reuse its trace.
+  plain, small = jax.lax.reduce((x * x, scaled * scaled), (zero, zero), _add,
                                 dims)
   return plain.astype(jnp.float32), small.astype(jnp.float32)
 
