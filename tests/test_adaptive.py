@@ -152,6 +152,7 @@ ZCLIP_SETTINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", ZCLIP_SETTINGS)
 def test_zscore_clip_matches_numpy(kwargs):
   trace = spiky_trace()
@@ -188,6 +189,7 @@ QUANTILE_SETTINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", QUANTILE_SETTINGS)
 def test_quantile_clip_matches_numpy(kwargs):
   trace = spiky_trace()
@@ -225,6 +227,7 @@ SKIP_SETTINGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", SKIP_SETTINGS)
 def test_skip_spikes_matches_numpy(kwargs):
   trace = spiky_trace()
@@ -253,6 +256,7 @@ PER_STEP_FIELDS = {"threshold", "global_norm", "scale", "num_nonfinite",
                    "num_clipped"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 def test_nonfinite_never_poisons_statistics(name):
   clean = np.array([1.0, 1.3, 0.9, 1.1, 7.0, 1.2, 0.8, 1.0])
@@ -287,6 +291,7 @@ def _adam_params(tx, grads_seq, params):
   return params, state
 
 
+@pytest.mark.slow
 def test_skip_spikes_leaves_adam_bit_identical():
   params = {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array([0.1])}
   g1 = {"w": jnp.array([0.3, 0.1, -0.2]), "b": jnp.array([0.05])}
@@ -304,6 +309,7 @@ def test_skip_spikes_leaves_adam_bit_identical():
   chex.assert_trees_all_close(got, plain, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_skipped_step_returns_zeros_and_keeps_inner_state():
   params = {"w": jnp.ones(3)}
   tx = sdrl.skip_spikes(optax.adam(1e-2), max_norm=1.0)
@@ -364,6 +370,7 @@ def has_conditional(tx, grads):
   return re.search(r"\sconditional\(", text) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_no_conditional_in_compiled_update(name):
   grads = grads_with_norm(2.0)
@@ -372,6 +379,7 @@ def test_no_conditional_in_compiled_update(name):
   assert has_conditional(sdrl.conditional_clip(1.0), grads)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_no_retracing_and_numpy_round_trip(name):
   tx = ALL[name]()
@@ -400,6 +408,7 @@ def test_no_retracing_and_numpy_round_trip(name):
   chex.clear_trace_counter()
 
 
+@pytest.mark.slow
 def test_norm_is_the_float32_global_norm():
   # 1000 bf16 leaves of 1.0: the norm is sqrt(1000), not sqrt(256).
   grads = [jnp.ones((), jnp.bfloat16)] * 1000
@@ -508,6 +517,7 @@ def sharded_trace_trees(trace, seed=3):
   return trees
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["axis_name", "partition_specs"])
 @pytest.mark.parametrize("name", sorted(SHARDED))
 def test_shard_map_matches_single_device_and_state_is_replicated(
@@ -557,6 +567,7 @@ def test_shard_map_matches_single_device_and_state_is_replicated(
 
 
 @pytest.mark.slow
+@pytest.mark.examples
 def test_benchmark_script_draws_the_plot(tmp_path):
   script = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "benchmarks", "adaptive_thresholds.py")

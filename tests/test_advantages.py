@@ -63,6 +63,7 @@ REWARDS = np.array([1.0, 0.0, 0.5, 0.25,
                     np.nan, np.nan, np.nan, 4.0], np.float32)
 
 
+@pytest.mark.slow
 def test_group_advantages_hand_made():
   # Group [1, 0, 2, 1]: mean 1, sample std sqrt(2/3).
   a = advantages.group_advantages(jnp.array([1.0, 0.0, 2.0, 1.0]),
@@ -71,6 +72,7 @@ def test_group_advantages_hand_made():
                                                            + 1e-6), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", advantages.ADVANTAGE_SCALES)
 @pytest.mark.parametrize("group_size", [1, 2, 4, 8, 16])
 def test_group_advantages_match_numpy(scale, group_size):
@@ -128,6 +130,7 @@ def test_segment_ids_match_contiguous_groups_after_permutation(scale):
                                rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_group_size_one_gives_zero_advantages():
   # A reward alone in its group equals its mean (verl instead returns the raw
   # score for a group of one, TRL refuses fewer than 2 generations).

@@ -105,6 +105,7 @@ def test_hbm_traffic_matches_xla_cpu_bytes_accessed():
 
 
 @pytest.mark.slow
+@pytest.mark.examples
 def test_clip_overhead_targets_cpu_small():
   bench = _load("clip_overhead")
   args = bench.parse_args(["--target", "cpu", "--width", "16", "--vocab", "64",
@@ -121,6 +122,7 @@ def test_clip_overhead_targets_cpu_small():
 
 
 @pytest.mark.slow
+@pytest.mark.examples
 def test_train_step_share_small_cpu():
   share = _load("train_step_share")
   text = share.main(["--small", "--target", "cpu",

@@ -91,6 +91,7 @@ def test_skip_spikes_alone():
   np.testing.assert_allclose(m["threshold"], 5.0)
 
 
+@pytest.mark.slow
 def test_several_kinds_are_prefixed_and_hyperparams_reported():
   schedule = optax.linear_schedule(1.0, 0.0, transition_steps=10)
   tx = sd.skip_spikes(
@@ -145,6 +146,7 @@ def test_inject_hyperparams_around_our_clip():
   np.testing.assert_allclose(m["hyperparams/max_norm"], 0.5)
 
 
+@pytest.mark.slow
 def test_multi_steps_and_multi_transform():
   tx = optax.MultiSteps(
       optax.chain(sd.zscore_clip(warmup_steps=3), optax.sgd(0.1)),
@@ -171,6 +173,7 @@ def test_no_state_of_ours_gives_empty_dict():
   assert sd.clip_metrics(()) == {}
 
 
+@pytest.mark.slow
 def test_under_jit_matches_eager():
   tx = sd.skip_spikes(optax.chain(sd.zscore_clip(warmup_steps=1),
                                   sd.unconditional_clip(2.0),
@@ -210,6 +213,7 @@ def _nnx_optimizer(tx):
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [False, True])
 def test_nnx_optimizer_every_view(jit):
   tx = sd.skip_spikes(

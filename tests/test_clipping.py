@@ -81,6 +81,7 @@ def test_fp16_tree_of_300s_does_not_overflow():
   np.testing.assert_allclose(float(sdrl.global_norm(tree)), truth, rtol=5e-3)
 
 
+@pytest.mark.slow
 def test_thousand_bf16_leaves_keep_their_mass():
   tree = [jnp.ones((), jnp.bfloat16) for _ in range(1000)]
   np.testing.assert_allclose(float(sdrl.global_norm_squared(tree)), 1000.0,
@@ -135,6 +136,7 @@ def test_partition_specs_mismatch_names_the_argument_and_the_path():
                                             "emb": [P()]})
 
 
+@pytest.mark.slow
 def test_partition_specs_may_be_a_prefix_of_the_tree():
   tree = make_tree()
   full = {"dense": {"w": P(), "b": P()}, "emb": [P()]}
@@ -167,6 +169,7 @@ def test_fp8_leaves_count_in_float32():
 # ------------------------------------------------------------ clip arithmetic
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize("max_norm", [0.5, 3.0, 100.0])
 def test_clip_matches_numpy_and_optax(clip, max_norm):
@@ -184,6 +187,7 @@ def test_clip_matches_numpy_and_optax(clip, max_norm):
   assert int(state.num_nonfinite) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nonfinite", ["zero", "propagate"])
 def test_conditional_equals_unconditional(nonfinite):
   for seed, scale in [(0, 0.1), (1, 1.0), (2, 30.0)]:
@@ -205,6 +209,7 @@ finite_arrays = hnp.arrays(
 @hypothesis.given(leaves=st.lists(finite_arrays, min_size=1, max_size=4),
                   max_norm=st.floats(1e-3, 1e3),
                   clip=st.sampled_from(CLIPS))
+@pytest.mark.slow
 def test_clip_properties(leaves, max_norm, clip):
   tree = [jnp.asarray(x) for x in leaves]
   tx = clip(max_norm)
@@ -269,6 +274,7 @@ def test_non_floating_leaves_pass_through_and_empty_tree_works(clip):
 # ------------------------------------------------------------ non-finite steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nonfinite_step_is_zeroed_and_counted(clip, bad):

@@ -187,6 +187,7 @@ def test_elbo_inverse_t_matches_numpy(seed):
   chex.assert_tree_all_finite(got)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beta", [0.5, 1.0, 1.5, 3.0])
 @pytest.mark.parametrize("seed", [0, 3])
 def test_eubo_matches_reference(seed, beta):
@@ -201,6 +202,7 @@ def test_eubo_matches_reference(seed, beta):
   assert float(got[3]) == 0.0  # empty completion
 
 
+@pytest.mark.slow
 def test_eubo_all_masked_equals_hand_value():
   # Every token masked in both samples: t̂ = 1, a_i = mean_m p_im^β.
   logp = np.log(np.array([[[0.5, 0.2]], [[0.1, 0.4]]]))
@@ -233,6 +235,7 @@ def test_sandwich_matches_reference(mix, estimation):
   np.testing.assert_allclose(got, expected[0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_flow_through_masked_completion_tokens_only():
   token_logp, masked, t, completion = make_problem(5)
   token_logp[~masked] = np.nan  # values outside the selection are never read
@@ -318,6 +321,7 @@ def library_loss(token_logp, masks, completion, old_elbo, adv, group_size,
       group_size=group_size)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [10, 11, 12])
 def test_ratio_logp_loss_and_gradient_equal_reference(seed):
   token_logp, masked, t, completion, old_elbo = reference_problem(seed)
@@ -379,6 +383,7 @@ COMPLETION = (np.arange(12)[None] < np.array([12, 9, 4, 0, 1])[:, None]
 COMPLETION[1, :2] = 0  # a prompt before the completion
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("coupling", ["independent", "complementary"])
 def test_sampler_shapes_and_never_masks_outside_completion(coupling):
   masks = sdj.sample_diffusion_masks(jax.random.key(0), COMPLETION, 6,
@@ -388,6 +393,7 @@ def test_sampler_shapes_and_never_masks_outside_completion(coupling):
   assert not np.any(np.asarray(masks.masked)[:, COMPLETION == 0])
 
 
+@pytest.mark.slow
 def test_complementary_pairs_partition_the_completion():
   masks = sdj.sample_diffusion_masks(jax.random.key(1), COMPLETION, 8,
                                      coupling="complementary", t_min=0.2,
@@ -401,6 +407,7 @@ def test_complementary_pairs_partition_the_completion():
   assert np.all((t[:, 0] >= 0.2) & (t[:, 0] <= 0.7))
 
 
+@pytest.mark.slow
 def test_independent_rates_follow_t():
   completion = np.ones((64, 256), np.int32)
   masks = sdj.sample_diffusion_masks(jax.random.key(2), completion, 4,
@@ -417,6 +424,7 @@ def test_independent_rates_follow_t():
   np.testing.assert_array_equal(again.masked, masks.masked)
 
 
+@pytest.mark.slow
 def test_sampler_t_min_equals_t_max():
   masks = sdj.sample_diffusion_masks(jax.random.key(3), COMPLETION, 2,
                                      t_min=1.0, t_max=1.0)

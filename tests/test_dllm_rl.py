@@ -14,7 +14,7 @@ import pytest
 import stabledrl_jax
 
 # Runs the example and benchmark programs: minutes, not seconds.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.examples]
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 

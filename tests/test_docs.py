@@ -74,6 +74,7 @@ def python_programs():
   return programs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("program", python_programs())
 def test_docs_program_runs(program):
   try:

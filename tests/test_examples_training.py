@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 import stabledrl_jax
 
 # Runs the example and benchmark programs: minutes, not seconds.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.examples]
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "examples")

@@ -141,6 +141,7 @@ def wide_trees(draw):
   return tree
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(wide_trees())
 def test_hypothesis_wide_range_trees_match_float64(tree):

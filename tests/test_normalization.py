@@ -37,6 +37,7 @@ def test_update_sequence_matches_numpy_on_all_data():
   np.testing.assert_allclose(stats.var, var, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_update_vector_features_and_mask():
   rng = np.random.default_rng(1)
   x1 = rng.normal(size=(4, 6, 2)).astype(np.float32)  # batch [4, 6], S = (2,)
@@ -52,6 +53,7 @@ def test_update_vector_features_and_mask():
   np.testing.assert_allclose(stats.var, var, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_fractional_mask_selects_like_the_losses():
   # A mask selects: any non-zero value keeps the value with weight 1, as the
   # losses read masks (it is not a weight).
@@ -86,6 +88,7 @@ def test_traced_negative_mask_counts_as_selected():
                              [2.0, 2.0, 1.0])
 
 
+@pytest.mark.slow
 def test_update_drops_nonfinite_and_empty_batch_is_noop():
   stats = normalization.update_running_stats(
       normalization.init_running_stats(), jnp.array([1.0, jnp.nan, 4.0,
@@ -103,6 +106,7 @@ def test_update_drops_nonfinite_and_empty_batch_is_noop():
   chex.assert_trees_all_equal(fresh, normalization.init_running_stats())
 
 
+@pytest.mark.slow
 def test_update_large_offset_is_stable():
   # Values around 1e4 with spread 1: a naive E[x²] − E[x]² in float32 loses
   # the variance; the merge keeps it.

@@ -183,6 +183,7 @@ ADV = np.array([1.0, -1.0, 0.5, -0.5, 2.0, -2.0], np.float32)
 IDS = np.array([0, 0, 1, 1, 2, 2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grouped", [False, True])
 def test_stabledrl_loss_matches_numpy(grouped):
   kwargs = dict(segment_ids=IDS, num_segments=3) if grouped else {}
@@ -254,6 +255,7 @@ def test_stabledrl_extreme_log_ratios_finite():
   np.testing.assert_allclose(metrics["ratio_max"], np.exp(20.0), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_stabledrl_masked_entries_weigh_zero_even_if_nan():
   seq_logp = jnp.array([-1.0, jnp.nan, -2.0, -0.5])
   old = jnp.array([-1.5, 0.0, jnp.inf, -0.5])
@@ -389,6 +391,7 @@ TOK_MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0],
 SEQ_ADV = np.array([1.0, -1.0, 0.5, -2.0], np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
 @pytest.mark.parametrize("level", objectives.RATIO_LEVELS)
 @pytest.mark.parametrize("dual", [None, 1.2])
@@ -429,6 +432,7 @@ def test_grpo_metrics_match_numpy():
   assert 0 < metrics["dual_clip_fraction"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", objectives.RATIO_LEVELS)
 def test_grpo_gradient_matches_numpy_finite_differences(level):
   f = lambda lp: objectives.grpo_policy_loss(
@@ -449,6 +453,7 @@ def test_grpo_gradient_matches_numpy_finite_differences(level):
   assert np.all(np.asarray(grad)[TOK_MASK == 0] == 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [10.0, 100.0, 1000.0])
 def test_grpo_negative_advantage_gradient_grows_with_ratio(ratio):
   # The "bypass": A < 0 and r = 1e3 — the conditional clip leaves −A r, whose
@@ -467,6 +472,7 @@ def test_grpo_negative_advantage_gradient_grows_with_ratio(ratio):
   np.testing.assert_allclose(grad[0], 2.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_grpo_extreme_and_masked_nan_inputs_finite():
   logp = jnp.array([[0.0, -1e4, jnp.nan], [1e4, 0.0, 0.0]])
   old = jnp.array([[-1e4, 0.0, 0.0], [0.0, jnp.inf, 0.0]])
@@ -509,6 +515,7 @@ SEQ_LEVEL_OLD = np.array([-3.1, -2.9, -3.0, -1.0, -9.0, -2.4], np.float32)
 SEQ_LEVEL_MASK = np.array([1, 1, 0, 1, 1, 1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
 @pytest.mark.parametrize("dual", [None, 1.5])
 def test_grpo_sequence_inputs_are_one_token_rows(mode, dual):
@@ -526,6 +533,7 @@ def test_grpo_sequence_inputs_are_one_token_rows(mode, dual):
   chex.assert_trees_all_close((loss, metrics), as_rows, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_grpo_sequence_inputs_mask_optional_and_gradient():
   loss_fn = lambda s: objectives.grpo_policy_loss(s, SEQ_LEVEL_OLD, ADV)[0]
   loss, grad = jax.value_and_grad(loss_fn)(jnp.asarray(SEQ_LEVEL_LOGP))
@@ -544,6 +552,7 @@ def test_grpo_sequence_inputs_mask_optional_and_gradient():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group_size", [1, 2, 3, 6])
 def test_group_size_equals_contiguous_segment_ids(group_size):
   ids = np.arange(6) // group_size
@@ -730,6 +739,7 @@ def np_entropy(logits):
     return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", objectives.LOSS_AGGREGATIONS)
 def test_entropy_matches_numpy(mode):
   logits = RNG.normal(scale=2.0, size=(4, 5, 7)).astype(np.float32)
@@ -832,6 +842,7 @@ def test_kl_penalty_gradient_matches_numpy(kind):
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_kl_k3_never_overflows_and_is_nonnegative():
   logp = jnp.array([-1e4, 1e4, 0.0, -88.0, 100.0])
   ref = jnp.zeros(5)

@@ -65,6 +65,7 @@ def test_the_package_imports_only_its_runtime_dependencies():
 @pytest.mark.parametrize("folder, extra_names", [
     ("examples", ("examples", "tunix")), ("benchmarks", ("examples",)),
     ("tests", ("test", "tunix"))])
+@pytest.mark.slow
 def test_scripts_import_only_what_their_extra_installs(folder, extra_names):
   assert third_party_imports(ROOT / folder) <= RUNTIME | extra(*extra_names)
 

@@ -18,7 +18,7 @@ import pytest
 import stabledrl_jax as sdrl
 
 # Runs the example and benchmark programs: minutes, not seconds.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.examples]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))  # the examples' _common

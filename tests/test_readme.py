@@ -19,6 +19,7 @@ def test_readme_has_runnable_blocks():
   assert len(complete_python_blocks()) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(complete_python_blocks())))
 def test_readme_block_runs(index):
   exec(compile(complete_python_blocks()[index], f"README block {index}",

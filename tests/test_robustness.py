@@ -76,6 +76,7 @@ ADAPTIVE = {
 _STATS = ("count", "mean", "var", "norms", "inner_state")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ADAPTIVE))
 def test_zero_norm_steps_are_not_recorded(name):
   later = noisy(100)
@@ -150,6 +151,7 @@ def test_skip_spikes_identical_window_does_not_skip_a_small_rise():
 BAD_THRESHOLDS = [0.0, -1.0, -2.98e-8, np.nan, np.inf, -np.inf, 1e-40]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(WITH_MAX_NORM))
 def test_bad_traced_threshold_zeroes_and_counts_the_step(name):
   tx = optax.inject_hyperparams(WITH_MAX_NORM[name])(max_norm=1.0)
@@ -171,6 +173,7 @@ def test_bad_traced_threshold_zeroes_and_counts_the_step(name):
         assert int(state.inner_state.count) == int(count)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nonfinite", ["zero", "propagate"])
 @pytest.mark.parametrize("clip", [sdrl.unconditional_clip,
                                   sdrl.conditional_clip])
@@ -206,6 +209,7 @@ def test_zero_gradient_with_bad_threshold_keeps_adam_finite(clip):
   assert np.all(np.isfinite(adam.mu["w"])) and np.all(np.isfinite(adam.nu["w"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(WITH_MAX_NORM))
 def test_no_nan_is_ever_computed_for_a_zero_gradient(name):
   # checkify's nan_checks test every primitive's output, including the branch
@@ -226,6 +230,7 @@ def test_no_nan_is_ever_computed_for_a_zero_gradient(name):
 LOW = [jnp.float16, jnp.bfloat16]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", [sdrl.unconditional_clip,
                                   sdrl.conditional_clip])
 @pytest.mark.parametrize("dtype", LOW)
@@ -270,6 +275,7 @@ def np_clip64(leaves, max_norm):
         min_size=1, max_size=5),
     log_max_norm=st.floats(-6, 3),
 )
+@pytest.mark.slow
 def test_clip_of_random_low_precision_trees_matches_float64(
     leaves, log_max_norm):
   tree = []
