@@ -17,7 +17,7 @@ Three ways to say how a tree is laid out over devices:
   of those axes, so one ``psum`` over all named axes counts it once.
 """
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Optional
 
 import jax
@@ -70,26 +70,34 @@ def _add(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]
   return tuple(p + q for p, q in zip(a, b))
 
 
-def _sums_variadic(x: jax.Array) -> jax.Array:
-  """Both sums from one variadic reduce (a tuple output): XLA:CPU and GPU."""
+def _pairwise_sum(values: list[Any], add: Callable[[Any, Any], Any]) -> Any:
+  """``values`` added as a balanced tree of ``add``s (one value at least).
+
+  A linear chain ``((v0 + v1) + v2) + ...`` lets XLA:TPU run every leaf's
+  reduction before the first add and keep all their partial results alive;
+  with a balanced tree each add consumes two results as soon as they exist.
+  """
+  while len(values) > 1:
+    pairs = [add(values[i], values[i + 1])
+             for i in range(0, len(values) - 1, 2)]
+    values = pairs + values[len(pairs) * 2:]
+  return values[0]
+
+
+def _variadic_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Both sums of ``x`` from one variadic reduce (a tuple output)."""
   dtype = _sum_dtype(x)
   x = x.astype(dtype)
   scaled = x * _scale_factor(dtype)
   zero = jnp.zeros((), dtype)
   plain, small = jax.lax.reduce((x * x, scaled * scaled), (zero, zero), _add,
                                 tuple(range(x.ndim)))
-  return jnp.stack([plain, small]).astype(jnp.float32)
+  return plain.astype(jnp.float32), small.astype(jnp.float32)
 
 
-def _sums_paired(x: jax.Array) -> jax.Array:
-  """Both sums as one reduce of ``x`` broadcast to ``(2, *x.shape)``: TPU.
-
-  Its output is a single ``[2]`` array. Given a tuple-output reduce, XLA:TPU
-  prefetches large leaves on chip ahead of the reduction and reads others
-  twice (0.41 more gradient reads for the benchmark's GPT tree on v5e); given
-  this one, it fuses the reductions of sibling leaves together. XLA:CPU does
-  the opposite: this form moves 1.18x AdamW's bytes there, the variadic 1.10x.
-  """
+def _paired_sums(x: jax.Array) -> jax.Array:
+  """Both sums of ``x`` as a ``[2]`` vector: one reduce of ``x`` broadcast to
+  ``(2, *x.shape)``, a single-output reduction."""
   dtype = _sum_dtype(x)
   pair = jnp.broadcast_to(x.astype(dtype), (2, *x.shape))
   first = jax.lax.broadcasted_iota(jnp.int32, pair.shape, 0) == 0
@@ -98,41 +106,65 @@ def _sums_paired(x: jax.Array) -> jax.Array:
                  ).astype(jnp.float32)
 
 
-def _real_sums(x: jax.Array) -> jax.Array:
-  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` of a real array, a float32 ``[2]`` vector.
+def _sums_of_variadics(leaves: list[jax.Array]) -> jax.Array:
+  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``, one variadic reduce per leaf."""
+  if not leaves:
+    return jnp.zeros((2,), jnp.float32)
+  return jnp.stack(_pairwise_sum([_variadic_sums(x) for x in leaves], _add))
 
-  The same sums on every backend, each from one read of ``x``, in the form
-  that backend's compiler fuses best (chosen when the program is lowered).
+
+# Leaves below this many elements are reduced in pairs on TPU (see below).
+_SMALL_LEAF = 1 << 16
+
+
+def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
+  """:func:`_sums_of_variadics`, with paired reductions for small leaves.
+
+  Measured with XLA:TPU (``benchmarks/clip_overhead.py``): every reduction
+  costs a fusion with a fixed cost of its own, and paired reductions of
+  sibling leaves fuse together (1000 float32 leaves of 64x64: 1066 fusions
+  instead of 2000, cycles 1.07x AdamW alone on v5e). For large float32 leaves
+  the paired form left 16% of the gradient bytes as temp on v4, and for
+  bfloat16 leaves it materializes the float32 upcast (temp 20-137%); the
+  variadic form keeps both at 0.
   """
-  return jax.lax.platform_dependent(x, tpu=_sums_paired,
-                                    default=_sums_variadic)
+  small = [x for x in leaves
+           if x.size < _SMALL_LEAF and jnp.finfo(x.dtype).bits >= 32]
+  large = [x for x in leaves
+           if not (x.size < _SMALL_LEAF and jnp.finfo(x.dtype).bits >= 32)]
+  total = _sums_of_variadics(large)
+  if small:
+    total = total + _pairwise_sum([_paired_sums(x) for x in small], jnp.add)
+  return total
 
 
 @jax.jit
-def _leaf_sums(leaf: jax.typing.ArrayLike) -> jax.Array:
-  """:func:`_real_sums` of a leaf; complex leaves add both parts.
+def _local_sums(leaves: list[jax.Array]) -> jax.Array:
+  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over real ``leaves``, a float32 ``[2]`` vector.
 
-  Jitted so that eager calls compile once per shape and dtype.
+  Every leaf is read once. The reductions take the form the target's compiler
+  fuses best, chosen when the program is lowered: on XLA:CPU the paired form
+  moves 1.18x AdamW's bytes in the fusion test, the variadic one 1.10x.
+  Jitted, so that eager calls compile once per tree of shapes.
   """
-  leaf = jnp.asarray(leaf)
-  if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
-    return _real_sums(jnp.real(leaf)) + _real_sums(jnp.imag(leaf))
-  return _real_sums(leaf)
-
-
-def _pairwise_sum(values: list[jax.Array]) -> jax.Array:
-  """Sum of ``[2]`` vectors as a balanced tree of adds (zeros when empty).
-
-  A linear chain ``((v0 + v1) + v2) + ...`` lets XLA:TPU run every leaf's
-  reduction before the first add and keep all their partial results alive;
-  with a balanced tree each add consumes two results as soon as they exist.
-  """
-  if not values:
+  if not leaves:
     return jnp.zeros((2,), jnp.float32)
-  while len(values) > 1:
-    pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
-    values = pairs + values[len(pairs) * 2:]
-  return values[0]
+  return jax.lax.platform_dependent(*leaves, tpu=lambda *x: _sums_for_tpu(
+      list(x)), default=lambda *x: _sums_of_variadics(list(x)))
+
+
+def _real_leaves(leaves: list[Any]) -> list[jax.Array]:
+  """The counted ``leaves`` as real arrays (a complex leaf: both parts)."""
+  out = []
+  for leaf in leaves:
+    if not is_counted(leaf):
+      continue
+    leaf = jnp.asarray(leaf)
+    if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+      out += [jnp.real(leaf), jnp.imag(leaf)]
+    else:
+      out.append(leaf)
+  return out
 
 
 def _norm_from_sums(plain: jax.Array, scaled: jax.Array) -> jax.Array:
@@ -218,27 +250,26 @@ def _summed(tree: PyTree, axis_name: Optional[AxisName],
   """
   check_layout(axis_name, partition_specs)
   if partition_specs is None:
-    local = _pairwise_sum([_leaf_sums(x) for x in jax.tree.leaves(tree)
-                           if is_counted(x)])
+    local = _local_sums(_real_leaves(jax.tree.leaves(tree)))
     # One [2] vector, so that JAX emits one all-reduce, not one per sum.
     total = distributed.all_sum(local, axis_name)
     return total[0], total[1]
   leaves = jax.tree.leaves(tree)
   specs = leaf_partition_specs(tree, partition_specs)
-  groups: dict[tuple[Hashable, ...], list[jax.Array]] = {}
+  groups: dict[tuple[Hashable, ...], list[Any]] = {}
   for leaf, spec in zip(leaves, specs):
     if is_counted(leaf):
-      groups.setdefault(_spec_axes(spec), []).append(_leaf_sums(leaf))
+      groups.setdefault(_spec_axes(spec), []).append(leaf)
   named = tuple(sorted({a for axes in groups for a in axes}, key=str))
-  per_axes = []
-  for axes, sums in groups.items():
+  per_axes = [jnp.zeros((2,), jnp.float32)] if not groups else []
+  for axes, group in groups.items():
     replicated = tuple(a for a in named if a not in axes)
-    group_sums = _pairwise_sum(sums)
+    group_sums = _local_sums(_real_leaves(group))
     if replicated:
       first = _is_first(replicated)
       group_sums = jnp.where(first, group_sums, 0.0)
     per_axes.append(group_sums)
-  total = distributed.all_sum(_pairwise_sum(per_axes), named)
+  total = distributed.all_sum(_pairwise_sum(per_axes, jnp.add), named)
   return total[0], total[1]
 
 
