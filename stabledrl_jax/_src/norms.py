@@ -128,11 +128,9 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
   bfloat16 leaves it materializes the float32 upcast (temp 20-137%); the
   variadic form keeps both at 0.
   """
-  small = [x for x in leaves
-           if x.size < _SMALL_LEAF and jnp.finfo(x.dtype).bits >= 32]
-  large = [x for x in leaves
-           if not (x.size < _SMALL_LEAF and jnp.finfo(x.dtype).bits >= 32)]
-  total = _sums_of_variadics(large)
+  paired = lambda x: x.size < _SMALL_LEAF and jnp.finfo(x.dtype).bits >= 32
+  small = [x for x in leaves if paired(x)]
+  total = _sums_of_variadics([x for x in leaves if not paired(x)])
   if small:
     total = total + _pairwise_sum([_paired_sums(x) for x in small], jnp.add)
   return total
