@@ -336,6 +336,7 @@ def test_consecutive_skip_cap():
   assert int(states[-1].num_nonfinite) == 1
 
 
+@pytest.mark.slow
 def test_skip_spikes_forwards_extra_args():
   seen = []
 

@@ -84,6 +84,7 @@ def test_group_advantages_match_numpy(scale, group_size):
       atol=1e-6)
 
 
+@pytest.mark.slow
 def test_group_advantages_nonfinite_get_zero_and_constant_groups_zero():
   a = advantages.group_advantages(REWARDS, group_size=4)
   assert np.all(np.asarray(a)[~np.isfinite(REWARDS)] == 0)
@@ -115,6 +116,7 @@ def test_group_advantages_bad_arguments():
     advantages.group_advantages(jnp.zeros((2, 3)), group_size=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", advantages.ADVANTAGE_SCALES)
 def test_segment_ids_match_contiguous_groups_after_permutation(scale):
   # Scattered ids: the same advantages as contiguous groups, permuted.
@@ -168,6 +170,7 @@ def test_rloo_bad_arguments():
     advantages.rloo_advantages(jnp.zeros(5), group_size=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.9, 0.95), (0.5, 0.0)])
 @pytest.mark.parametrize("bootstrap", [True, False])
 def test_gae_matches_numpy(gamma, lam, bootstrap):

@@ -71,6 +71,7 @@ def test_global_norm_of_empty_and_integer_trees_is_zero():
   assert float(sdrl.global_norm({"n": jnp.arange(4)})) == 0.0
 
 
+@pytest.mark.slow
 def test_fp16_tree_of_300s_does_not_overflow():
   tree = [jnp.full((64, 64), 300.0, jnp.float16) for _ in range(4)]
   truth = np_norm(tree)  # 300 * sqrt(4 * 4096) = 38400
@@ -294,6 +295,7 @@ def test_nonfinite_step_is_zeroed_and_counted(clip, bad):
   assert int(state.num_nonfinite) == 1 and int(state.num_clipped) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_propagate_lets_nonfinite_through_like_optax(clip, bad):
@@ -386,6 +388,7 @@ def test_mismatched_partition_specs_raise_at_update(clip):
 # ---------------------------------------------------------- compiled program
 
 
+@pytest.mark.slow
 def test_hlo_unconditional_has_no_conditional_conditional_has_one():
   tree = make_tree()
   for clip, expected in [(sdrl.unconditional_clip, 0),
@@ -407,6 +410,7 @@ def test_python_float_leaves_count_and_are_clipped():
     assert float(state.global_norm) == pytest.approx(50.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", CLIPS)
 def test_no_retracing_across_steps(clip):
   chex.clear_trace_counter()  # the counter is keyed by code, shared by params
@@ -431,6 +435,7 @@ def test_no_retracing_across_steps(clip):
 # ------------------------------------------------------------------- drop-in
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", CLIPS)
 def test_inject_hyperparams_changes_take_effect(clip):
   tx = optax.inject_hyperparams(clip)(max_norm=1.0)
@@ -474,6 +479,7 @@ def test_multi_steps_accumulates_then_clips(clip):
   np.testing.assert_allclose(out["w"], [-0.6, -0.8], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", CLIPS)
 def test_flax_nnx_optimizer(clip):
   class Linear(nnx.Module):

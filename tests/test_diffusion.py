@@ -213,6 +213,7 @@ def test_eubo_all_masked_equals_hand_value():
   np.testing.assert_allclose(got, [np.mean(np.log(a)) / 2], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_eubo_keeps_tokens_whose_p_beta_underflows():
   # β·logp = −150: p^β underflows float32, the log-sum-exp keeps the token.
   logp = jnp.array([[[-100.0, -1.0]]])
@@ -221,6 +222,7 @@ def test_eubo_keeps_tokens_whose_p_beta_underflows():
   np.testing.assert_allclose(got, [(-150.0 - 1.5) / 2 / 1.5], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mix,estimation", [(0.5, "mix"), (1.0, "eubo"),
                                             (0.0, "elbo"), (0.3, "mix")])
 def test_sandwich_matches_reference(mix, estimation):
@@ -256,6 +258,7 @@ def test_gradients_flow_through_masked_completion_tokens_only():
       sdj.DiffusionMasks(masks.masked, t_), completion)))(masks.t).sum() == 0
 
 
+@pytest.mark.slow
 def test_estimator_gradients_match_reference_finite_differences():
   token_logp, masked, t, completion = make_problem(6)
   masks = sdj.DiffusionMasks(jnp.asarray(masked), jnp.asarray(t))
@@ -276,6 +279,7 @@ def test_estimator_gradients_match_reference_finite_differences():
   np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_exact_under_jit_and_vmap():
   problems = [make_problem(seed) for seed in (7, 8, 9)]
   logp = jnp.asarray(np.stack([p[0] for p in problems]), jnp.float32)
@@ -344,6 +348,7 @@ def test_ratio_logp_loss_and_gradient_equal_reference(seed):
   np.testing.assert_allclose(grad, expected_grad, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_groups_are_the_reference_loss_per_group_averaged():
   # The reference softmaxes over one local batch; with group_size the loss is
   # the mean over groups of that loss on each group.

@@ -60,6 +60,7 @@ def test_weights_cap_is_upper_only():
   np.testing.assert_allclose(w, [0.01 / 1.01, 1 / 1.01], rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_ratio", [0.5, 2.0, 5.0, 100.0])
 def test_weights_match_numpy_with_segments_and_mask(max_ratio):
   rng = np.random.default_rng(0)
@@ -194,6 +195,7 @@ def test_stabledrl_loss_matches_numpy(grouped):
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_stabledrl_gradient_per_sample_is_minus_w_a_over_g():
   g = jax.grad(lambda s: objectives.stabledrl_policy_loss(
       s, OLD, ADV, segment_ids=IDS, num_segments=3)[0])(jnp.asarray(SEQ_LOGP))
@@ -404,6 +406,7 @@ def test_grpo_loss_matches_numpy(mode, level, dual):
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_grpo_token_advantages_match_numpy():
   adv = RNG.normal(size=(4, 5)).astype(np.float32)
   loss, _ = objectives.grpo_policy_loss(LOGP, OLD_LOGP, adv, TOK_MASK)
@@ -612,6 +615,7 @@ def test_group_size_bad_arguments():
   objectives.self_normalized_weights(SEQ_LOGP, group_size=2, num_segments=3)
 
 
+@pytest.mark.slow
 def test_out_of_range_ids_under_jit_weigh_zero_and_count_nowhere():
   ids = jnp.array([0, 0, 7, -1, 1, 1])
   log_ratio = jnp.array([0.0, 1.0, 50.0, 50.0, 0.5, 0.0])
@@ -700,6 +704,7 @@ def test_value_loss_matches_numpy(clip, mode):
                                                 mode), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_value_loss_gradient_matches_numpy():
   # token-mean over N real tokens: d/dv ½(v − R)² / N = (v − R) / N, and with
   # the clip the branch with the larger error decides; a clipped value whose
@@ -752,6 +757,7 @@ def test_entropy_matches_numpy(mode):
           jnp.asarray(logits)))
 
 
+@pytest.mark.slow
 def test_entropy_gradient_matches_numpy():
   # dH/dz_i = −p_i (log p_i + H) per token, averaged over real tokens.
   logits = RNG.normal(size=(4, 5, 7)).astype(np.float32)
@@ -811,6 +817,7 @@ def test_kl_penalty_matches_verl(kind):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_kl_k3_delta_minus_100_costs_clamp_with_zero_gradient():
   value, grad = jax.value_and_grad(
       lambda x: objectives.kl_penalty(x, jnp.zeros(1))[0])(jnp.array([-100.0]))
