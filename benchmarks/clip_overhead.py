@@ -25,7 +25,7 @@ every step is clipped.
 A second table counts the all-reduce ops in the HLO of an unconditional clip
 run under ``jax.shard_map`` on a 2-D mesh of CPU devices, with
 ``partition_specs`` that put the leaves on two distinct axis sets: the norm
-needs one all-reduce per axis set, whatever the number of leaves. Both the
+needs one all-reduce, whatever the number of leaves and axis sets. Both the
 HLO that JAX emits and the HLO after XLA's optimization passes are counted.
 
 Run::

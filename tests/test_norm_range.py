@@ -180,3 +180,24 @@ def test_shard_map_partition_specs_with_huge_values_is_exact():
   np.testing.assert_allclose(float(fn(sharded)), np_norm(tree), rtol=1e-6)
   np.testing.assert_allclose(float(jax.jit(sdrl.global_norm)(sharded)),
                              np_norm(tree), rtol=1e-6)
+
+
+# The TPU and CUDA forms of the per-leaf sums are chosen only when a program is
+# lowered for those platforms; run each form here on CPU, over the whole range.
+@pytest.mark.parametrize("form", ["_sums_of_variadics", "_sums_for_tpu",
+                                  "_sums_of_complex"])
+def test_every_platform_form_gives_the_exact_norm(form):
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  trees = [
+      [jnp.float32(2e19), jnp.full((1024,), 3e30, jnp.float32)],
+      [jnp.asarray(rng.normal(size=(300, 300)), jnp.float32),  # > 64K: variadic on TPU
+       jnp.asarray(rng.normal(size=(40, 3)) * 1e-10, jnp.float32),
+       jnp.asarray(rng.normal(size=(64,)) * 1e3, jnp.bfloat16)],
+      [jnp.full((5,), 1e-12, jnp.float32), jnp.float32(F32_MAX)],
+  ]
+  for tree in trees:
+    plain, scaled = jax.jit(
+        lambda leaves: getattr(norms, form)(leaves))(tree)
+    norm = float(norms._norm_from_sums(plain, scaled))
+    np.testing.assert_allclose(norm, np_norm(tree), rtol=1e-5)

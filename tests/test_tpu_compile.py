@@ -151,3 +151,30 @@ def test_one_all_reduce_under_shard_map_on_sixteen_chips(target):
                      out_specs=(specs, state_specs))
   text = jax.jit(fn).lower(grads, state).compile().as_text()
   assert hlo_traffic.count_ops(text, "all-reduce") == 1
+
+
+def plain_jit_all_reduces(target, specs, shapes):
+  """All-reduce ops in the clip compiled by plain ``jax.jit`` (no axis names)."""
+  mesh = sixteen_chip_mesh(target)
+  tx = sdrl.unconditional_clip(1.0)
+  grads = {k: jax.ShapeDtypeStruct(s, jnp.float32,
+                                   sharding=NamedSharding(mesh, specs[k]))
+           for k, s in shapes.items()}
+  state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=NamedSharding(mesh, P())),
+      jax.eval_shape(tx.init, grads))
+  text = jax.jit(tx.update).lower(grads, state).compile().as_text()
+  return hlo_traffic.count_ops(text, "all-reduce")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_plain_jit_all_reduces_on_sixteen_chips(target):
+  shapes, mixed = mixed_layout()
+  fsdp = {k: P("data", "model") for k in shapes}
+  # FSDP arrays: XLA's SPMD partitioner reduces every leaf over all 16 chips
+  # and its combiner merges them into one all-reduce.
+  assert plain_jit_all_reduces(target, fsdp, shapes) == 1
+  # Mixed layouts: one all-reduce per distinct replica group at most (here
+  # {data, model}, {data} and {model}); shard_map with partition_specs gives 1.
+  assert 1 <= plain_jit_all_reduces(target, mixed, shapes) <= 3
