@@ -134,11 +134,9 @@ def mixed_layout(num_leaves=40):
   return shapes, specs
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_one_all_reduce_under_shard_map_on_sixteen_chips(target):
-  mesh = sixteen_chip_mesh(target)
-  shapes, specs = mixed_layout()
-  tx = sdrl.unconditional_clip(1.0, partition_specs=specs)
+def sharded_update_args(tx, mesh, shapes, specs):
+  """Abstract float32 gradients laid out by ``specs`` and ``tx``'s replicated
+  state: the arguments of ``tx.update``."""
   grads = {k: jax.ShapeDtypeStruct(s, jnp.float32,
                                    sharding=NamedSharding(mesh, specs[k]))
            for k, s in shapes.items()}
@@ -146,6 +144,15 @@ def test_one_all_reduce_under_shard_map_on_sixteen_chips(target):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=NamedSharding(mesh, P())),
       jax.eval_shape(tx.init, grads))
+  return grads, state
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_one_all_reduce_under_shard_map_on_sixteen_chips(target):
+  mesh = sixteen_chip_mesh(target)
+  shapes, specs = mixed_layout()
+  tx = sdrl.unconditional_clip(1.0, partition_specs=specs)
+  grads, state = sharded_update_args(tx, mesh, shapes, specs)
   state_specs = jax.tree.map(lambda _: P(), state)
   fn = jax.shard_map(tx.update, mesh=mesh, in_specs=(specs, state_specs),
                      out_specs=(specs, state_specs))
@@ -155,15 +162,9 @@ def test_one_all_reduce_under_shard_map_on_sixteen_chips(target):
 
 def plain_jit_all_reduces(target, specs, shapes):
   """All-reduce ops in the clip compiled by plain ``jax.jit`` (no axis names)."""
-  mesh = sixteen_chip_mesh(target)
   tx = sdrl.unconditional_clip(1.0)
-  grads = {k: jax.ShapeDtypeStruct(s, jnp.float32,
-                                   sharding=NamedSharding(mesh, specs[k]))
-           for k, s in shapes.items()}
-  state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=NamedSharding(mesh, P())),
-      jax.eval_shape(tx.init, grads))
+  grads, state = sharded_update_args(tx, sixteen_chip_mesh(target), shapes,
+                                     specs)
   text = jax.jit(tx.update).lower(grads, state).compile().as_text()
   return hlo_traffic.count_ops(text, "all-reduce")
 
