@@ -185,12 +185,13 @@ def test_shard_map_partition_specs_with_huge_values_is_exact():
 # The TPU and CUDA forms of the per-leaf sums are chosen only when a program is
 # lowered for those platforms; run each form here on CPU, over the whole range.
 @pytest.mark.parametrize("form", ["_sums_of_variadics", "_sums_for_tpu",
-                                  "_sums_of_complex"])
+                                  "_sums_of_complex", "_sums_for_cpu"])
 def test_every_platform_form_gives_the_exact_norm(form):
   from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   trees = [
-      [jnp.float32(2e19), jnp.full((1024,), 3e30, jnp.float32)],
+      [jnp.float32(2e19), jnp.full((1024,), 3e30, jnp.float32),
+       jnp.full((32, 32), 3e30, jnp.float32)],
       [jnp.asarray(rng.normal(size=(300, 300)), jnp.float32),  # > 64K: variadic on TPU
        jnp.asarray(rng.normal(size=(40, 3)) * 1e-10, jnp.float32),
        jnp.asarray(rng.normal(size=(64,)) * 1e3, jnp.bfloat16)],
@@ -201,3 +202,36 @@ def test_every_platform_form_gives_the_exact_norm(form):
         lambda leaves: getattr(norms, form)(leaves))(tree)
     norm = float(norms._norm_from_sums(plain, scaled))
     np.testing.assert_allclose(norm, np_norm(tree), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-10, 1e30])
+def test_gradient_of_the_norm_is_x_over_norm(scale):
+  # The gradient of ‖x‖ is x / ‖x‖; its float64 NumPy value, eager and jit.
+  # A NaN here came from the square root of the branch not taken.
+  rng = np.random.default_rng(1)
+  tree = {"w": jnp.asarray(rng.normal(size=(30, 7)) * scale, jnp.float32),
+          "b": jnp.asarray(rng.normal(size=(5,)) * scale, jnp.float32)}
+  norm = np_norm(tree)
+  grad = jax.grad(sdrl.global_norm)
+  for got in (grad(tree), jax.jit(grad)(tree)):
+    for key, leaf in tree.items():
+      np.testing.assert_allclose(
+          np.asarray(got[key], np.float64),
+          np.asarray(leaf, np.float64) / norm, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("form", ["_sums_of_variadics", "_sums_for_tpu",
+                                  "_sums_of_complex", "_sums_for_cpu"])
+def test_every_platform_form_has_the_norms_gradient(form):
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  for scale in (1.0, 1e25):  # the second overflows the plain sum
+    leaves = [jnp.asarray(rng.normal(size=(300, 300)) * scale, jnp.float32),
+              jnp.asarray(rng.normal(size=(8,)) * scale, jnp.float32)]
+    norm_of = lambda ls: norms._norm_from_sums(*getattr(norms, form)(ls))
+    got = jax.jit(jax.grad(norm_of))(leaves)
+    norm = np_norm(leaves)
+    for g, leaf in zip(got, leaves):
+      np.testing.assert_allclose(np.asarray(g, np.float64),
+                                 np.asarray(leaf, np.float64) / norm,
+                                 rtol=1e-4, atol=1e-7)

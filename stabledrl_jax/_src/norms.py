@@ -134,6 +134,49 @@ def _sums_of_complex(leaves: list[jax.Array]) -> jax.Array:
   return jnp.stack([jnp.real(total), jnp.imag(total)]).astype(jnp.float32)
 
 
+try:
+  _float64_trace = jax.enable_x64
+except AttributeError:  # jax < 0.7 has it under jax.experimental only.
+  from jax.experimental import enable_x64 as _float64_trace  # type: ignore
+
+
+def _sums_in_float64(leaves: list[jax.Array]) -> jax.Array:
+  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves`` from one float64 sum per leaf.
+
+  A float64 sum of squares holds the square of every float32 tree (at most
+  ~1.2e77 per element): one accumulator instead of two, and the scaled sum
+  follows from the float64 norm.
+  """
+  if not leaves:
+    return jnp.zeros((2,), jnp.float32)
+  with _float64_trace(True):
+    total = _pairwise_sum(
+        [jnp.sum(jnp.square(x.astype(jnp.float64))) for x in leaves], jnp.add)
+    norm = jnp.sqrt(total)
+  scaled = norm.astype(jnp.float32) * _scale_factor(jnp.float32)
+  return jnp.stack([total.astype(jnp.float32), scaled * scaled])
+
+
+def _sums_for_cpu(leaves: list[jax.Array]) -> jax.Array:
+  """:func:`_sums_in_float64` for matrices and higher ranks,
+  :func:`_sums_of_variadics` for vectors and scalars.
+
+  XLA:CPU vectorizes a single-accumulator sum but runs the two-operand reduce
+  of :func:`_sums_of_variadics` one element at a time: in the donated AdamW
+  step of ``benchmarks/clip_overhead.py`` (GPT-shaped float32 tree) the clip
+  costs 1.17x AdamW's wall time this way and 1.46x with the variadic form
+  alone (``benchmarks/results/clip_overhead.txt`` and ``variadic/``), with
+  the same bytes accessed. Several float64 vector sums in one program are
+  compiled through a materialized float64 square (temp twice their bytes),
+  so vectors, which are small in practice, keep the variadic form.
+  """
+  matrices = [x for x in leaves if x.ndim >= 2]
+  total = _sums_in_float64(matrices)
+  if len(matrices) < len(leaves):
+    total = total + _sums_of_variadics([x for x in leaves if x.ndim < 2])
+  return total
+
+
 # Leaves below this many elements are reduced in pairs on TPU (see below).
 _SMALL_LEAF = 1 << 16
 
@@ -159,15 +202,15 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
 
 def _platform_sums(*leaves: jax.Array) -> jax.Array:
   """:func:`_sums_for_tpu` on TPU, :func:`_sums_of_complex` on CUDA GPUs,
-  :func:`_sums_of_variadics` elsewhere.
+  :func:`_sums_for_cpu` on CPU, :func:`_sums_of_variadics` elsewhere.
 
-  The form is chosen when the program is lowered: on XLA:CPU the paired form
-  moves 1.18x AdamW's bytes in the fusion test, the variadic one 1.10x. All
-  three add the same float32 terms.
+  The form is chosen when the program is lowered. TPUs have no float64;
+  the float32 forms add the same float32 terms.
   """
   return jax.lax.platform_dependent(
       *leaves, tpu=lambda *x: _sums_for_tpu(list(x)),
       cuda=lambda *x: _sums_of_complex(list(x)),
+      cpu=lambda *x: _sums_for_cpu(list(x)),
       default=lambda *x: _sums_of_variadics(list(x)))
 
 
@@ -207,9 +250,12 @@ def _real_leaves(leaves: list[Any]) -> list[jax.Array]:
 def _norm_from_sums(plain: jax.Array, scaled: jax.Array) -> jax.Array:
   """The norm from the summed ``Σ x²`` and ``Σ (x·2⁻⁸⁸)²``."""
   overflowed = plain == jnp.inf
-  # (The where keeps a NaN of ``plain``: a NaN element.)
-  return jnp.where(overflowed, jnp.sqrt(scaled) * 2.0**-_LOG2_DOWN,
-                   jnp.sqrt(plain))
+  # Each square root sees 1 where its result is not taken, so that the
+  # gradient of the other one is not 0 * inf = NaN (the scaled sum is 0 for
+  # small norms). The outer where keeps a NaN of ``plain``: a NaN element.
+  from_scaled = jnp.sqrt(jnp.where(overflowed, scaled, 1.0)) * 2.0**-_LOG2_DOWN
+  from_plain = jnp.sqrt(jnp.where(overflowed, 1.0, plain))
+  return jnp.where(overflowed, from_scaled, from_plain)
 
 
 def _spec_axes(spec: PartitionSpec) -> tuple[Hashable, ...]:
@@ -355,14 +401,16 @@ def global_norm(
 ) -> jax.Array:
   """Float32 L2 norm of all floating (and complex) leaves of ``tree``.
 
-  Every leaf is squared and summed in float32 (fp16/bf16 are upcast first,
-  complex leaves contribute ``|z|²``) before any addition across leaves or
-  devices. Integer, bool and None leaves do not count. The same pass over the
-  data also sums the squares scaled by 2⁻⁸⁸, so the norm of a finite tree is
-  finite and exact even when its square overflows float32 (norms above
-  ~1.8e19, up to float32's maximum): it is inf or NaN only for an inf or NaN
-  element. Squares below float32's normal range (elements below ~1e-19) add
-  nothing, so norms below ~1e-18 may be rounded down or 0.
+  Every leaf is squared and summed in at least float32 (fp16/bf16 are upcast
+  first, complex leaves contribute ``|z|²``; on CPU the sum is float64)
+  before any addition across leaves or devices. Integer, bool and None leaves
+  do not count. The same pass over the data also sums the squares scaled by
+  2⁻⁸⁸, so the norm of a finite tree is finite and exact even when its square
+  overflows float32 (norms above ~1.8e19, up to float32's maximum): it is inf
+  or NaN only for an inf or NaN element. Squares below float32's normal range
+  (elements below ~1e-19) may add nothing, so norms below ~1e-18 may be
+  rounded down or 0. The norm is differentiable (its gradient is
+  ``x / ‖x‖``, also past 1.8e19).
 
   Args:
     tree: a pytree of arrays, e.g. gradients. Inside ``pmap``/``shard_map``,
