@@ -235,3 +235,15 @@ def test_every_platform_form_has_the_norms_gradient(form):
       np.testing.assert_allclose(np.asarray(g, np.float64),
                                  np.asarray(leaf, np.float64) / norm,
                                  rtol=1e-4, atol=1e-7)
+
+
+def test_gradient_is_zero_at_an_all_zero_leaf():
+  # A frozen or masked parameter's gradient is all zeros; the norm's gradient
+  # there is 0 (x / ‖x‖), and that of the squared norm 2x.
+  tree = {"w": jnp.zeros((2, 2)), "b": jnp.array([3.0, 4.0])}
+  for fn, expected_b in ((sdrl.global_norm, [0.6, 0.8]),
+                         (sdrl.global_norm_squared, [6.0, 8.0])):
+    for grad in (jax.grad(fn), jax.jit(jax.grad(fn))):
+      got = grad(tree)
+      np.testing.assert_array_equal(np.asarray(got["w"]), np.zeros((2, 2)))
+      np.testing.assert_allclose(np.asarray(got["b"]), expected_b, rtol=1e-6)

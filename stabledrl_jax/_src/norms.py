@@ -134,27 +134,53 @@ def _sums_of_complex(leaves: list[jax.Array]) -> jax.Array:
   return jnp.stack([jnp.real(total), jnp.imag(total)]).astype(jnp.float32)
 
 
-try:
-  _float64_trace = jax.enable_x64
-except AttributeError:  # jax < 0.7 has it under jax.experimental only.
-  from jax.experimental import enable_x64 as _float64_trace  # type: ignore
+# ``jax.enable_x64`` (jax 0.8 and later) scopes float64 to a part of a trace,
+# autodiff included; older jax's experimental version does not survive
+# autodiff, so there the CPU keeps the variadic form.
+_FLOAT64_IN_TRACE = hasattr(jax, "enable_x64")
 
 
-def _sums_in_float64(leaves: list[jax.Array]) -> jax.Array:
+@jax.custom_jvp
+def _float64_sums(*leaves: jax.Array) -> jax.Array:
   """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves`` from one float64 sum per leaf.
 
   A float64 sum of squares holds the square of every float32 tree (at most
-  ~1.2e77 per element): one accumulator instead of two, and the scaled sum
-  follows from the float64 norm.
+  ~1.2e77 per element): one accumulator instead of two; the scaled sum is
+  the float64 total times 2⁻¹⁷⁶ (a normal float64 number).
   """
-  if not leaves:
-    return jnp.zeros((2,), jnp.float32)
-  with _float64_trace(True):
+  with jax.enable_x64(True):
     total = _pairwise_sum(
         [jnp.sum(jnp.square(x.astype(jnp.float64))) for x in leaves], jnp.add)
-    norm = jnp.sqrt(total)
-  scaled = norm.astype(jnp.float32) * _scale_factor(jnp.float32)
-  return jnp.stack([total.astype(jnp.float32), scaled * scaled])
+    scale = jnp.asarray(2.0**_LOG2_DOWN, jnp.float32).astype(jnp.float64)
+    scaled = total * scale * scale
+  return jnp.stack([total.astype(jnp.float32), scaled.astype(jnp.float32)])
+
+
+@_float64_sums.defjvp
+def _float64_sums_jvp(leaves: tuple[jax.Array, ...],
+                      tangents: tuple[jax.Array, ...]
+                      ) -> tuple[jax.Array, jax.Array]:
+  """Tangents in float32 (no float64 outside the sums' own trace):
+  ``Σ 2x·dx`` and ``Σ 2(x·2⁻⁸⁸)(dx·2⁻⁸⁸)``."""
+  scale = _scale_factor(jnp.float32)
+  plain, scaled = [], []
+  for x, dx in zip(leaves, tangents):
+    dtype = _sum_dtype(x)
+    x, dx = x.astype(dtype), dx.astype(dtype)
+    plain.append(jnp.sum(2 * x * dx).astype(jnp.float32))
+    scaled.append(
+        jnp.sum(2 * (x * scale.astype(dtype)) * (dx * scale.astype(dtype))
+                ).astype(jnp.float32))
+  tangent = jnp.stack([_pairwise_sum(plain, jnp.add),
+                       _pairwise_sum(scaled, jnp.add)])
+  return _float64_sums(*leaves), tangent
+
+
+def _sums_in_float64(leaves: list[jax.Array]) -> jax.Array:
+  """:func:`_float64_sums` of ``leaves`` (zeros for none)."""
+  if not leaves:
+    return jnp.zeros((2,), jnp.float32)
+  return _float64_sums(*leaves)
 
 
 def _sums_for_cpu(leaves: list[jax.Array]) -> jax.Array:
@@ -168,8 +194,11 @@ def _sums_for_cpu(leaves: list[jax.Array]) -> jax.Array:
   alone (``benchmarks/results/clip_overhead.txt`` and ``variadic/``), with
   the same bytes accessed. Several float64 vector sums in one program are
   compiled through a materialized float64 square (temp twice their bytes),
-  so vectors, which are small in practice, keep the variadic form.
+  so vectors, which are small in practice, keep the variadic form; so does
+  every leaf on jax without ``jax.enable_x64``.
   """
+  if not _FLOAT64_IN_TRACE:
+    return _sums_of_variadics(leaves)
   matrices = [x for x in leaves if x.ndim >= 2]
   total = _sums_in_float64(matrices)
   if len(matrices) < len(leaves):
@@ -204,8 +233,9 @@ def _platform_sums(*leaves: jax.Array) -> jax.Array:
   """:func:`_sums_for_tpu` on TPU, :func:`_sums_of_complex` on CUDA GPUs,
   :func:`_sums_for_cpu` on CPU, :func:`_sums_of_variadics` elsewhere.
 
-  The form is chosen when the program is lowered. TPUs have no float64;
-  the float32 forms add the same float32 terms.
+  The form is chosen when the program is lowered. TPUs have no float64.
+  The float32 forms add the same float32 terms; the CPU's float64 sums may
+  differ from them in the last bits and keep squares below float32's range.
   """
   return jax.lax.platform_dependent(
       *leaves, tpu=lambda *x: _sums_for_tpu(list(x)),
@@ -388,9 +418,9 @@ def global_norm_squared(
     >>> float(global_norm_squared([jnp.float32(2e19)]))  # norm 2e19 is finite
     inf
   """
-  plain, scaled = _summed(tree, axis_name, partition_specs)
-  return jnp.where(plain == jnp.inf,
-                   jnp.square(_norm_from_sums(plain, scaled)), plain)
+  # The plain sum overflows exactly when the square of the norm does.
+  plain, _ = _summed(tree, axis_name, partition_specs)
+  return plain
 
 
 def global_norm(
@@ -402,15 +432,17 @@ def global_norm(
   """Float32 L2 norm of all floating (and complex) leaves of ``tree``.
 
   Every leaf is squared and summed in at least float32 (fp16/bf16 are upcast
-  first, complex leaves contribute ``|z|²``; on CPU the sum is float64)
-  before any addition across leaves or devices. Integer, bool and None leaves
+  first, complex leaves contribute ``|z|²``; on CPU, with jax 0.8 or later,
+  leaves of rank 2 and more are summed in float64) before any addition across
+  leaves or devices. Integer, bool and None leaves
   do not count. The same pass over the data also sums the squares scaled by
   2⁻⁸⁸, so the norm of a finite tree is finite and exact even when its square
   overflows float32 (norms above ~1.8e19, up to float32's maximum): it is inf
   or NaN only for an inf or NaN element. Squares below float32's normal range
   (elements below ~1e-19) may add nothing, so norms below ~1e-18 may be
-  rounded down or 0. The norm is differentiable (its gradient is
-  ``x / ‖x‖``, also past 1.8e19).
+  rounded down or 0. The norm is differentiable: its gradient is
+  ``x / ‖x‖``, also past 1.8e19 (NaN for an all-zero tree, where it is
+  undefined).
 
   Args:
     tree: a pytree of arrays, e.g. gradients. Inside ``pmap``/``shard_map``,
