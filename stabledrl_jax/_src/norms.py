@@ -190,7 +190,7 @@ def _sums_for_cpu(leaves: list[jax.Array]) -> jax.Array:
   XLA:CPU vectorizes a single-accumulator sum but runs the two-operand reduce
   of :func:`_sums_of_variadics` one element at a time: in the donated AdamW
   step of ``benchmarks/clip_overhead.py`` (GPT-shaped float32 tree) the clip
-  costs 1.17x AdamW's wall time this way and 1.46x with the variadic form
+  costs 1.18x AdamW's wall time this way and 1.41x with the variadic form
   alone (``benchmarks/results/clip_overhead.txt`` and ``variadic/``), with
   the same bytes accessed. Several float64 vector sums in one program are
   compiled through a materialized float64 square (temp twice their bytes),
