@@ -107,7 +107,9 @@ def compile_steps(target: str, args: argparse.Namespace,
                   ) -> tuple[int, list[tuple[str, xla_targets.Analysis]]]:
   """Compiles the step of every variant for ``target``; nothing runs.
 
-  With ``out_path``, the table so far is written there after each variant.
+  With ``out_path``, the table so far is written there after each variant;
+  with ``args.hlo_dir``, each variant's optimized HLO as
+  ``<target>_<variant>.hlo``.
   """
   device = xla_targets.target_device(target)
   model = nnx.eval_shape(lambda: GPT(args.vocab, args.width, args.layers,
@@ -124,6 +126,10 @@ def compile_steps(target: str, args: argparse.Namespace,
     start = time.perf_counter()
     compiled = make_train_step(graphdef, tx).lower(*step_args).compile()
     results.append((name, xla_targets.analyze(compiled)))
+    if args.hlo_dir:
+      os.makedirs(args.hlo_dir, exist_ok=True)
+      _write(os.path.join(args.hlo_dir, f"{target}_{name}.hlo"),
+             compiled.as_text())
     print(f"{target} {name}: compiled in {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)
     if out_path:
@@ -206,6 +212,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument("--heads", type=int, default=12)
   parser.add_argument("--out-dir", type=str, default=None,
                       help="write train_step_share_<target>.txt here")
+  parser.add_argument("--hlo-dir", type=str, default=None,
+                      help="also write each optimized program here")
   args = parser.parse_args(argv)
   if args.small:
     args.batch, args.context, args.vocab = 2, 64, 512

@@ -123,10 +123,13 @@ def test_clip_overhead_targets_cpu_small():
 
 @pytest.mark.slow
 @pytest.mark.examples
-def test_train_step_share_small_cpu():
+def test_train_step_share_small_cpu(tmp_path):
   share = _load("train_step_share")
   text = share.main(["--small", "--target", "cpu",
-                     "--variants", "adamw", "unconditional"])
+                     "--variants", "adamw", "unconditional",
+                     "--hlo-dir", str(tmp_path)])
+  for variant in ("adamw", "unconditional"):
+    assert "ENTRY" in (tmp_path / f"cpu_{variant}.hlo").read_text()
   rows = {line.split("|")[1].strip(): line for line in text.splitlines()
           if line.startswith("| ") and not line.startswith("| variant")}
   assert set(rows) == {"adamw", "unconditional"}, text
