@@ -111,6 +111,7 @@ def compile_steps(target: str, args: argparse.Namespace,
   with ``args.hlo_dir``, each variant's optimized HLO as
   ``<target>_<variant>.hlo``.
   """
+  begin = time.perf_counter()
   device = xla_targets.target_device(target)
   model = nnx.eval_shape(lambda: GPT(args.vocab, args.width, args.layers,
                                      args.heads, args.context,
@@ -127,13 +128,12 @@ def compile_steps(target: str, args: argparse.Namespace,
     compiled = make_train_step(graphdef, tx).lower(*step_args).compile()
     results.append((name, xla_targets.analyze(compiled)))
     if args.hlo_dir:
-      os.makedirs(args.hlo_dir, exist_ok=True)
       _write(os.path.join(args.hlo_dir, f"{target}_{name}.hlo"),
              compiled.as_text())
     print(f"{target} {name}: compiled in {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)
     if out_path:
-      _write(out_path, report(target, args, num_params, results, start))
+      _write(out_path, report(target, args, num_params, results, begin))
   return num_params, results
 
 
