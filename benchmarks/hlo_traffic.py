@@ -291,6 +291,91 @@ def fusion_cycles(hlo_text: str) -> list[tuple[str, int, str]]:
   return sorted(rows, key=lambda r: -r[1])
 
 
+class MatmulFusions(NamedTuple):
+  """What the entry computation's matmul fusions also do.
+
+  Attributes:
+    matmuls: fusions with a ``dot`` or ``convolution`` inside.
+    writing_outputs: those with a non-scalar output that is an output of the
+      program (e.g. new parameters or optimizer state written by the
+      matmul's epilogue).
+    with_scalar_sum: those with a float32 scalar output (a full reduction,
+      such as a sum of squares, fused into the matmul).
+  """
+  matmuls: int
+  writing_outputs: int
+  with_scalar_sum: int
+
+
+# Opcodes that pass a buffer on to the program's outputs unchanged.
+_FORWARDING = frozenset({"bitcast", "copy", "copy-start", "copy-done",
+                         "opt-barrier"})
+
+
+def _opcodes_called(name: str,
+                    computations: dict[str, list[Instruction]]) -> set[str]:
+  opcodes: set[str] = set()
+  for ins in computations.get(name, []):
+    opcodes.add(ins.opcode)
+    for called in _called(ins.attributes, "calls"):
+      opcodes |= _opcodes_called(called, computations)
+  return opcodes
+
+
+def _program_outputs(hlo_text: str, by_name: dict[str, Instruction]
+                     ) -> dict[str, set[Optional[int]]]:
+  """Entry instructions whose result reaches the root, with the tuple indices.
+
+  Follows forwarding ops back from the root; ``None`` means the whole result.
+  """
+  block = hlo_text[hlo_text.index("ENTRY"):]
+  root = re.search(r"ROOT\s+%?([\w.\-]+)", block)
+  reached: dict[str, set[Optional[int]]] = collections.defaultdict(set)
+  stack: list[tuple[str, Optional[int]]] = [(root.group(1), None)] if root else []
+  while stack:
+    name, index = stack.pop()
+    ins = by_name.get(name)
+    if ins is None or index in reached[name]:
+      continue
+    reached[name].add(index)
+    if ins.opcode == "get-tuple-element":
+      k = re.search(r"index=(\d+)", ins.attributes)
+      stack.append((ins.operands[0], int(k.group(1)) if k else None))
+    elif ins.opcode == "tuple":
+      operands = (ins.operands if index is None else ins.operands[index:index + 1])
+      stack.extend((operand, None) for operand in operands)
+    elif ins.opcode in _FORWARDING:
+      stack.extend((operand, None) for operand in ins.operands)
+  return reached
+
+
+def matmul_fusions(hlo_text: str) -> MatmulFusions:
+  """Counts the entry computation's matmul fusions and what they also do.
+
+  XLA:TPU can fuse an elementwise consumer of a matmul (an optimizer update)
+  or a full reduction of its result (a sum of squares) into the matmul's
+  fusion, so that the result is never written to HBM and read back.
+  """
+  computations, entry = parse_computations(hlo_text)
+  by_name = {ins.name: ins for ins in computations[entry]}
+  outputs = _program_outputs(hlo_text, by_name)
+  matmuls = writing = scalar = 0
+  for ins in computations[entry]:
+    if ins.opcode != "fusion":
+      continue
+    opcodes: set[str] = set()
+    for called in _called(ins.attributes, "calls"):
+      opcodes |= _opcodes_called(called, computations)
+    if not opcodes & {"dot", "convolution"}:
+      continue
+    matmuls += 1
+    written = [a for index in outputs.get(ins.name, ())
+               for a in (ins.shape if index is None else ins.shape[index:index + 1])]
+    writing += any(a.dims for a in written)
+    scalar += any(a.dtype == "f32" and not a.dims for a in ins.shape)
+  return MatmulFusions(matmuls, writing, scalar)
+
+
 def corrected_optimal_seconds(cost: dict, hlo_text: str) -> float:
   """XLA:TPU's ``optimal_seconds`` without its -1 s per ``ConcatBitcast``.
 

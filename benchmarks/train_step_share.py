@@ -16,7 +16,10 @@ target's step is compiled without the hardware (``xla_targets.py``) and
 read statically: HBM traffic counted from the optimized HLO, XLA:TPU's
 ``optimal_seconds`` (corrected for its −1 s per ``ConcatBitcast``) and the
 temp bytes. The clip's share is ``(variant − adamw) / variant`` of each:
-what the clip adds to the step, as a fraction of the whole step. These are
+what the clip adds to the step, as a fraction of the whole step. It also
+counts the matmul fusions that write part of the step's outputs (the
+optimizer update fused into the matmul that produces the gradient) and those
+with a sum of squares fused in (``hlo_traffic.matmul_fusions``). These are
 compiler estimates; nothing runs and there is no wall time.
 
 Run (in an environment with the compilers, see ``setup_compilers.sh``)::
@@ -40,6 +43,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clip_overhead  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import hlo_traffic  # pylint: disable=g-import-not-at-top,wrong-import-position
 import xla_targets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -102,9 +106,13 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
+# A variant's name, its static figures and its matmul fusions.
+Result = tuple[str, xla_targets.Analysis, hlo_traffic.MatmulFusions]
+
+
 def compile_steps(target: str, args: argparse.Namespace,
                   out_path: Optional[str] = None
-                  ) -> tuple[int, list[tuple[str, xla_targets.Analysis]]]:
+                  ) -> tuple[int, list[Result]]:
   """Compiles the step of every variant for ``target``; nothing runs.
 
   With ``out_path``, the table so far is written there after each variant;
@@ -126,10 +134,11 @@ def compile_steps(target: str, args: argparse.Namespace,
     step_args = xla_targets.abstract((params, opt_state, tokens), device)
     start = time.perf_counter()
     compiled = make_train_step(graphdef, tx).lower(*step_args).compile()
-    results.append((name, xla_targets.analyze(compiled)))
+    text = compiled.as_text()
+    results.append((name, xla_targets.analyze(compiled),
+                    hlo_traffic.matmul_fusions(text)))
     if args.hlo_dir:
-      _write(os.path.join(args.hlo_dir, f"{target}_{name}.hlo"),
-             compiled.as_text())
+      _write(os.path.join(args.hlo_dir, f"{target}_{name}.hlo"), text)
     print(f"{target} {name}: compiled in {time.perf_counter() - start:.0f} s",
           file=sys.stderr, flush=True)
     if out_path:
@@ -138,8 +147,7 @@ def compile_steps(target: str, args: argparse.Namespace,
 
 
 def report(target: str, args: argparse.Namespace, num_params: int,
-           results: list[tuple[str, xla_targets.Analysis]],
-           start: float) -> str:
+           results: list[Result], start: float) -> str:
   """Markdown report of one target."""
   return "\n".join([
       f"# Whole training step compiled for {target}: GPT-2-shaped model, "
@@ -169,17 +177,18 @@ def _share(x: Optional[float], base: Optional[float]) -> str:
   return f"{100 * (x - base) / x:.2f}%"
 
 
-def format_table(results: list[tuple[str, xla_targets.Analysis]]) -> str:
+def format_table(results: list[Result]) -> str:
   """Markdown: absolute figures and the clip's share of the step."""
-  _, base = results[0]
+  _, base, _ = results[0]
   lines = [
       "| variant | HBM traffic (GiB) | clip's share of HBM traffic "
       "| optimal_seconds, corrected (ms) | clip's share of optimal_seconds "
       "| temp (MiB) | temp minus adamw's (MiB) | fusion estimated_cycles "
-      "(x adamw) | `conditional` ops |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "(x adamw) | `conditional` ops | matmul fusions "
+      "| writing step outputs | with a sum of squares |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
-  for name, a in results:
+  for name, a, matmuls in results:
     opt = ("n/a" if a.optimal_seconds is None
            else f"{1e3 * a.optimal_seconds:.2f}")
     cycles = (f"{a.estimated_cycles / base.estimated_cycles:.3f}"
@@ -190,7 +199,8 @@ def format_table(results: list[tuple[str, xla_targets.Analysis]]) -> str:
         f"| {_share(a.optimal_seconds, base.optimal_seconds)} "
         f"| {a.temp_bytes / 2**20:.1f} "
         f"| {(a.temp_bytes - base.temp_bytes) / 2**20:+.1f} | {cycles} "
-        f"| {a.conditionals} |")
+        f"| {a.conditionals} | {matmuls.matmuls} "
+        f"| {matmuls.writing_outputs} | {matmuls.with_scalar_sum} |")
   return "\n".join(lines)
 
 

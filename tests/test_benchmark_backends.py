@@ -87,6 +87,78 @@ def test_optimal_seconds_adds_back_only_entry_concat_bitcasts():
       0.0025)
 
 
+# Three matmul fusions: one whose second output (an updated parameter)
+# reaches the root through a get-tuple-element and a copy, one with a scalar
+# sum of squares among its outputs, one plain; and a fusion without a matmul
+# that also writes a program output.
+MATMUL_HLO = """\
+HloModule jit_step, is_scheduled=true
+
+%mm_update (a: bf16[8,8], b: bf16[8,8], p: f32[8,8]) -> (bf16[8,8], f32[8,8]) {
+  %a = bf16[8,8]{1,0} parameter(0)
+  %b = bf16[8,8]{1,0} parameter(1)
+  %p = f32[8,8]{1,0} parameter(2)
+  %d = bf16[8,8]{1,0} convolution(%a, %b), dim_labels=bf_io->bf
+  %c = f32[8,8]{1,0} convert(%d)
+  %s = f32[8,8]{1,0} subtract(%p, %c)
+  ROOT %t = (bf16[8,8]{1,0}, f32[8,8]{1,0}) tuple(%d, %s)
+}
+
+%inner_dot (a: bf16[8,8], b: bf16[8,8]) -> bf16[8,8] {
+  %a = bf16[8,8]{1,0} parameter(0)
+  %b = bf16[8,8]{1,0} parameter(1)
+  ROOT %d = bf16[8,8]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %z = f32[] add(%x, %y)
+}
+
+%mm_sum (a: bf16[8,8], b: bf16[8,8]) -> (f32[], bf16[8,8]) {
+  %a = bf16[8,8]{1,0} parameter(0)
+  %b = bf16[8,8]{1,0} parameter(1)
+  %d = bf16[8,8]{1,0} fusion(%a, %b), kind=kOutput, calls=%inner_dot
+  %c = f32[8,8]{1,0} convert(%d)
+  %q = f32[8,8]{1,0} multiply(%c, %c)
+  %zero = f32[] constant(0)
+  %r = f32[] reduce(%q, %zero), dimensions={0,1}, to_apply=%add
+  ROOT %t = (f32[], bf16[8,8]{1,0}) tuple(%r, %d)
+}
+
+%mm_plain (a: bf16[8,8], b: bf16[8,8]) -> bf16[8,8] {
+  %a = bf16[8,8]{1,0} parameter(0)
+  %b = bf16[8,8]{1,0} parameter(1)
+  ROOT %d = bf16[8,8]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%negate_it (p: f32[8,8]) -> f32[8,8] {
+  %p = f32[8,8]{1,0} parameter(0)
+  ROOT %n = f32[8,8]{1,0} negate(%p)
+}
+
+ENTRY %main (a: bf16[8,8], b: bf16[8,8], p: f32[8,8]) -> (f32[8,8], f32[], f32[8,8]) {
+  %a = bf16[8,8]{1,0} parameter(0)
+  %b = bf16[8,8]{1,0} parameter(1)
+  %p = f32[8,8]{1,0} parameter(2)
+  %f1 = (bf16[8,8]{1,0}, f32[8,8]{1,0}) fusion(%a, %b, %p), kind=kOutput, calls=%mm_update
+  %g1 = f32[8,8]{1,0} get-tuple-element(%f1), index=1
+  %c1 = f32[8,8]{1,0} copy(%g1)
+  %f2 = (f32[], bf16[8,8]{1,0}) fusion(%a, %b), kind=kOutput, calls=%mm_sum
+  %g2 = f32[] get-tuple-element(%f2), index=0
+  %f3 = bf16[8,8]{1,0} fusion(%a, %b), kind=kOutput, calls=%mm_plain
+  %f4 = f32[8,8]{1,0} fusion(%p), kind=kLoop, calls=%negate_it
+  ROOT %out = (f32[8,8]{1,0}, f32[], f32[8,8]{1,0}) tuple(%c1, %g2, %f4)
+}
+"""
+
+
+def test_matmul_fusions_counts_fused_updates_and_sums():
+  assert hlo_traffic.matmul_fusions(MATMUL_HLO) == hlo_traffic.MatmulFusions(
+      matmuls=3, writing_outputs=1, with_scalar_sum=1)
+
+
 def test_hbm_traffic_matches_xla_cpu_bytes_accessed():
   """On XLA:CPU (no memory spaces) the count is XLA's own bytes accessed."""
 
