@@ -56,7 +56,7 @@ FREE_OPCODES = frozenset({
 
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\](\{[^}]*\})?")
 _INSTRUCTION = re.compile(
-    r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][\w\-]*)\((.*)$")
+    r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][\w\-]*)\((.*)$")
 _COMPUTATION = re.compile(r"^\s*(ENTRY\s+)?%?([\w.\-]+)\s*(?:\([^)]*\)|.*)\s*"
                           r"->\s*.*\{\s*$")
 
@@ -80,11 +80,14 @@ class Array(NamedTuple):
 
 
 class Instruction(NamedTuple):
+  """One HLO instruction; ``shape`` flattens nested tuples."""
   name: str
   shape: tuple[Array, ...]
   opcode: str
   operands: tuple[str, ...]
   attributes: str
+  elements: tuple[tuple[Array, ...], ...] = ()  # per top-level tuple element
+  is_root: bool = False
 
 
 class TrafficReport(NamedTuple):
@@ -110,6 +113,25 @@ def parse_shape(text: str) -> tuple[Array, ...]:
     arrays.append(Array(dtype, tuple(int(d) for d in dims.split(",") if d),
                         int(space.group(1)) if space else 0))
   return tuple(arrays)
+
+
+def _top_level_elements(text: str) -> tuple[tuple[Array, ...], ...]:
+  """The arrays of each top-level element of a tuple shape (one for an array)."""
+  text = text.strip()
+  if not text.startswith("("):
+    return (parse_shape(text),)
+  elements, depth, begin = [], 0, 1
+  for i, ch in enumerate(text):
+    if ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      depth -= 1
+    if (ch == "," and depth == 1) or depth == 0:
+      elements.append(parse_shape(text[begin:i]))
+      begin = i + 1
+    if depth == 0:
+      break
+  return tuple(elements)
 
 
 def _split_operands(text: str) -> tuple[str, str]:
@@ -147,12 +169,13 @@ def parse_computations(hlo_text: str) -> tuple[dict[str, list[Instruction]],
     match = _INSTRUCTION.match(line)
     if not match:
       continue
-    name, shape_text, opcode, rest = match.groups()
+    root, name, shape_text, opcode, rest = match.groups()
     operand_text, attributes = _split_operands(rest)
     operands = tuple(re.findall(r"%([\w.\-]+)", operand_text))
     computations[current].append(
         Instruction(name, parse_shape(shape_text), opcode, operands,
-                    attributes))
+                    attributes, _top_level_elements(shape_text),
+                    bool(root)))
   return computations, entry
 
 
@@ -299,17 +322,17 @@ class MatmulFusions(NamedTuple):
     writing_outputs: those with a non-scalar output that is an output of the
       program (e.g. new parameters or optimizer state written by the
       matmul's epilogue).
-    with_scalar_sum: those with a float32 scalar output (a full reduction,
-      such as a sum of squares, fused into the matmul).
+    with_scalar_reduction: those with a ``reduce`` inside and a float32
+      scalar output (a full reduction, such as a sum of squares, fused into
+      the matmul).
   """
   matmuls: int
   writing_outputs: int
-  with_scalar_sum: int
+  with_scalar_reduction: int
 
 
-# Opcodes that pass a buffer on to the program's outputs unchanged.
-_FORWARDING = frozenset({"bitcast", "copy", "copy-start", "copy-done",
-                         "opt-barrier"})
+# Opcodes whose result is their operand's buffer, unchanged.
+_FORWARDING = frozenset({"bitcast", "copy", "copy-start", "copy-done"})
 
 
 def _opcodes_called(name: str,
@@ -322,16 +345,18 @@ def _opcodes_called(name: str,
   return opcodes
 
 
-def _program_outputs(hlo_text: str, by_name: dict[str, Instruction]
+def _program_outputs(instructions: list[Instruction]
                      ) -> dict[str, set[Optional[int]]]:
-  """Entry instructions whose result reaches the root, with the tuple indices.
+  """Instructions whose result reaches the root, with the tuple elements.
 
-  Follows forwarding ops back from the root; ``None`` means the whole result.
+  Follows tuples, get-tuple-elements and forwarding ops back from the root
+  instruction; ``None`` stands for the whole result. A get-tuple-element
+  whose own result is needed only in part is counted whole.
   """
-  block = hlo_text[hlo_text.index("ENTRY"):]
-  root = re.search(r"ROOT\s+%?([\w.\-]+)", block)
+  by_name = {ins.name: ins for ins in instructions}
   reached: dict[str, set[Optional[int]]] = collections.defaultdict(set)
-  stack: list[tuple[str, Optional[int]]] = [(root.group(1), None)] if root else []
+  stack: list[tuple[str, Optional[int]]] = [
+      (ins.name, None) for ins in instructions if ins.is_root]
   while stack:
     name, index = stack.pop()
     ins = by_name.get(name)
@@ -342,8 +367,11 @@ def _program_outputs(hlo_text: str, by_name: dict[str, Instruction]
       k = re.search(r"index=(\d+)", ins.attributes)
       stack.append((ins.operands[0], int(k.group(1)) if k else None))
     elif ins.opcode == "tuple":
-      operands = (ins.operands if index is None else ins.operands[index:index + 1])
+      operands = (ins.operands if index is None
+                  else ins.operands[index:index + 1])
       stack.extend((operand, None) for operand in operands)
+    elif ins.opcode == "opt-barrier":  # the operand's tuple, as it is
+      stack.extend((operand, index) for operand in ins.operands)
     elif ins.opcode in _FORWARDING:
       stack.extend((operand, None) for operand in ins.operands)
   return reached
@@ -354,12 +382,12 @@ def matmul_fusions(hlo_text: str) -> MatmulFusions:
 
   XLA:TPU can fuse an elementwise consumer of a matmul (an optimizer update)
   or a full reduction of its result (a sum of squares) into the matmul's
-  fusion, so that the result is never written to HBM and read back.
+  fusion, so that the result is never written to HBM and read back. Only
+  the entry computation is searched (not loop bodies).
   """
   computations, entry = parse_computations(hlo_text)
-  by_name = {ins.name: ins for ins in computations[entry]}
-  outputs = _program_outputs(hlo_text, by_name)
-  matmuls = writing = scalar = 0
+  outputs = _program_outputs(computations[entry])
+  matmuls = writing = reductions = 0
   for ins in computations[entry]:
     if ins.opcode != "fusion":
       continue
@@ -369,11 +397,14 @@ def matmul_fusions(hlo_text: str) -> MatmulFusions:
     if not opcodes & {"dot", "convolution"}:
       continue
     matmuls += 1
-    written = [a for index in outputs.get(ins.name, ())
-               for a in (ins.shape if index is None else ins.shape[index:index + 1])]
-    writing += any(a.dims for a in written)
-    scalar += any(a.dtype == "f32" and not a.dims for a in ins.shape)
-  return MatmulFusions(matmuls, writing, scalar)
+    written = [array for index in outputs.get(ins.name, ())
+               for element in (ins.elements if index is None
+                               else ins.elements[index:index + 1])
+               for array in element]
+    writing += any(array.dims for array in written)
+    reductions += "reduce" in opcodes and any(
+        array.dtype == "f32" and not array.dims for array in ins.shape)
+  return MatmulFusions(matmuls, writing, reductions)
 
 
 def corrected_optimal_seconds(cost: dict, hlo_text: str) -> float:

@@ -19,7 +19,8 @@ temp bytes. The clip's share is ``(variant − adamw) / variant`` of each:
 what the clip adds to the step, as a fraction of the whole step. It also
 counts the matmul fusions that write part of the step's outputs (the
 optimizer update fused into the matmul that produces the gradient) and those
-with a sum of squares fused in (``hlo_traffic.matmul_fusions``). These are
+with a reduction to a scalar, such as a sum of squares, fused in
+(``hlo_traffic.matmul_fusions``). These are
 compiler estimates; nothing runs and there is no wall time.
 
 Run (in an environment with the compilers, see ``setup_compilers.sh``)::
@@ -185,7 +186,7 @@ def format_table(results: list[Result]) -> str:
       "| optimal_seconds, corrected (ms) | clip's share of optimal_seconds "
       "| temp (MiB) | temp minus adamw's (MiB) | fusion estimated_cycles "
       "(x adamw) | `conditional` ops | matmul fusions "
-      "| writing step outputs | with a sum of squares |",
+      "| writing step outputs | with a reduction to a scalar |",
       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for name, a, matmuls in results:
@@ -200,7 +201,7 @@ def format_table(results: list[Result]) -> str:
         f"| {a.temp_bytes / 2**20:.1f} "
         f"| {(a.temp_bytes - base.temp_bytes) / 2**20:+.1f} | {cycles} "
         f"| {a.conditionals} | {matmuls.matmuls} "
-        f"| {matmuls.writing_outputs} | {matmuls.with_scalar_sum} |")
+        f"| {matmuls.writing_outputs} | {matmuls.with_scalar_reduction} |")
   return "\n".join(lines)
 
 

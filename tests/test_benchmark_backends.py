@@ -87,10 +87,13 @@ def test_optimal_seconds_adds_back_only_entry_concat_bitcasts():
       0.0025)
 
 
-# Three matmul fusions: one whose second output (an updated parameter)
-# reaches the root through a get-tuple-element and a copy, one with a scalar
-# sum of squares among its outputs, one plain; and a fusion without a matmul
-# that also writes a program output.
+# Five matmul fusions: %f1 writes an updated parameter that reaches the root
+# through a get-tuple-element and a copy; %f2 fuses a sum of squares whose
+# scalar reaches the root; %f3 is plain; %f5 has a nested tuple output and
+# only its scalar (a constant, no reduction) reaches the root; %f6 reaches it
+# through a tuple, an opt-barrier and a bitcast. %f4 writes an output without
+# a matmul. A ROOT in an op name earlier in the text must not be taken for the
+# entry's root.
 MATMUL_HLO = """\
 HloModule jit_step, is_scheduled=true
 
@@ -98,7 +101,7 @@ HloModule jit_step, is_scheduled=true
   %a = bf16[8,8]{1,0} parameter(0)
   %b = bf16[8,8]{1,0} parameter(1)
   %p = f32[8,8]{1,0} parameter(2)
-  %d = bf16[8,8]{1,0} convolution(%a, %b), dim_labels=bf_io->bf
+  %d = bf16[8,8]{1,0} convolution(%a, %b), dim_labels=bf_io->bf, metadata={op_name="ENTRY ROOT %f3"}
   %c = f32[8,8]{1,0} convert(%d)
   %s = f32[8,8]{1,0} subtract(%p, %c)
   ROOT %t = (bf16[8,8]{1,0}, f32[8,8]{1,0}) tuple(%d, %s)
@@ -133,12 +136,21 @@ HloModule jit_step, is_scheduled=true
   ROOT %d = bf16[8,8]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
 }
 
+%mm_nested (a: bf16[8,8], b: bf16[8,8]) -> ((bf16[8,8], bf16[8,8]), f32[]) {
+  %a = bf16[8,8]{1,0} parameter(0)
+  %b = bf16[8,8]{1,0} parameter(1)
+  %d = bf16[8,8]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %pair = (bf16[8,8]{1,0}, bf16[8,8]{1,0}) tuple(%d, %d)
+  %one = f32[] constant(1)
+  ROOT %t = ((bf16[8,8]{1,0}, bf16[8,8]{1,0}), f32[]) tuple(%pair, %one)
+}
+
 %negate_it (p: f32[8,8]) -> f32[8,8] {
   %p = f32[8,8]{1,0} parameter(0)
   ROOT %n = f32[8,8]{1,0} negate(%p)
 }
 
-ENTRY %main (a: bf16[8,8], b: bf16[8,8], p: f32[8,8]) -> (f32[8,8], f32[], f32[8,8]) {
+ENTRY %main (a: bf16[8,8], b: bf16[8,8], p: f32[8,8]) -> (f32[8,8], f32[], f32[8,8], f32[], bf16[8,8]) {
   %a = bf16[8,8]{1,0} parameter(0)
   %b = bf16[8,8]{1,0} parameter(1)
   %p = f32[8,8]{1,0} parameter(2)
@@ -149,14 +161,23 @@ ENTRY %main (a: bf16[8,8], b: bf16[8,8], p: f32[8,8]) -> (f32[8,8], f32[], f32[8
   %g2 = f32[] get-tuple-element(%f2), index=0
   %f3 = bf16[8,8]{1,0} fusion(%a, %b), kind=kOutput, calls=%mm_plain
   %f4 = f32[8,8]{1,0} fusion(%p), kind=kLoop, calls=%negate_it
-  ROOT %out = (f32[8,8]{1,0}, f32[], f32[8,8]{1,0}) tuple(%c1, %g2, %f4)
+  %f5 = ((bf16[8,8]{1,0}, bf16[8,8]{1,0}), f32[]) fusion(%a, %b), kind=kOutput, calls=%mm_nested
+  %g5 = f32[] get-tuple-element(%f5), index=1
+  %f6 = bf16[8,8]{1,0} fusion(%a, %b), kind=kOutput, calls=%mm_plain
+  %t6 = (bf16[8,8]{1,0}, bf16[8,8]{1,0}) tuple(%f6, %f3)
+  %ob = (bf16[8,8]{1,0}, bf16[8,8]{1,0}) opt-barrier(%t6)
+  %g6 = bf16[8,8]{1,0} get-tuple-element(%ob), index=0
+  %b6 = bf16[8,8]{1,0} bitcast(%g6)
+  ROOT %out = (f32[8,8]{1,0}, f32[], f32[8,8]{1,0}, f32[], bf16[8,8]{1,0}) tuple(%c1, %g2, %f4, %g5, %b6)
 }
 """
 
 
-def test_matmul_fusions_counts_fused_updates_and_sums():
+def test_matmul_fusions_counts_fused_updates_and_reductions():
+  # Writing outputs: %f1 and %f6 (not %f3, whose element of the
+  # opt-barrier's tuple the root does not take). A scalar reduction: %f2.
   assert hlo_traffic.matmul_fusions(MATMUL_HLO) == hlo_traffic.MatmulFusions(
-      matmuls=3, writing_outputs=1, with_scalar_sum=1)
+      matmuls=5, writing_outputs=2, with_scalar_reduction=1)
 
 
 def test_hbm_traffic_matches_xla_cpu_bytes_accessed():
