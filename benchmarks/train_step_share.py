@@ -20,8 +20,8 @@ what the clip adds to the step, as a fraction of the whole step. It also
 counts the matmul fusions that write part of the step's outputs (the
 optimizer update fused into the matmul that produces the gradient) and those
 with a reduction to a scalar, such as a sum of squares, fused in
-(``hlo_traffic.matmul_fusions``). These are
-compiler estimates; nothing runs and there is no wall time.
+(``hlo_traffic.matmul_fusions``). These are compiler estimates; nothing runs
+and there is no wall time.
 
 Run (in an environment with the compilers, see ``setup_compilers.sh``)::
 
