@@ -8,7 +8,10 @@ and the sum of its fusions' ``estimated_cycles``, and the number of
 ``conditional`` ops. Ratios are to AdamW alone; temp is also given as a
 fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients) and
-``small`` (1000 small float32 leaves).
+``small`` (1000 small float32 leaves). Variants: AdamW alone, with our
+clip, the conditional clip or optax's in front, and ``ours-hypot-f32``, our
+clip with the TPU form that the library keeps for bfloat16 and float16
+leaves (one hypot reduce per leaf) used for large float32 leaves too.
 
 Run::
 
@@ -20,6 +23,7 @@ import argparse
 import os
 import sys
 from typing import Any
+from unittest import mock
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
@@ -34,12 +38,13 @@ from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-t
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
+from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
 from benchmarks import clip_overhead  # pylint: disable=g-import-not-at-top
 from benchmarks import hlo_traffic  # pylint: disable=g-import-not-at-top
 
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
               "v6e": "v6e:2x2"}
-VARIANTS = ("adamw", "ours", "conditional", "optax")
+VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-hypot-f32")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -64,11 +69,25 @@ def tree_spec(name: str) -> tuple[dict[str, tuple[int, ...]], Any]:
   raise ValueError(f"unknown tree {name!r}")
 
 
+def _hypot_for_float32_too(leaves: list[jax.Array]) -> jax.Array:
+  """The TPU form with the hypot reduce for large float32 leaves too (the
+  released form keeps the variadic reduce for them); small float32 leaves
+  stay paired."""
+  paired = [x for x in leaves
+            if jnp.finfo(x.dtype).bits >= 32 and x.size < norms._SMALL_LEAF]
+  rest = [x for x in leaves if all(x is not y for y in paired)]
+  total = norms._hypot_sums(*rest) if rest else jnp.zeros((2,), jnp.float32)
+  if paired:
+    total = total + norms._pairwise_sum(
+        [norms._paired_sums(x) for x in paired], jnp.add)
+  return total
+
+
 def make_optimizer(variant: str) -> optax.GradientTransformation:
   adamw = optax.adamw(1e-4, weight_decay=0.01)
   if variant == "adamw":
     return adamw
-  if variant == "ours":
+  if variant in ("ours", "ours-hypot-f32"):
     return optax.chain(sdrl.unconditional_clip(1.0), adamw)
   if variant == "conditional":
     return optax.chain(sdrl.conditional_clip(1.0), adamw)
@@ -92,8 +111,11 @@ def compile_step(variant: str, shapes, grad_dtype, device) -> Any:
     updates, s = tx.update(g, s, p)
     return optax.apply_updates(p, updates), s
 
-  return jax.jit(step, donate_argnums=(0, 1)).lower(params, state,
-                                                    grads).compile()
+  form = (_hypot_for_float32_too if variant == "ours-hypot-f32"
+          else norms._sums_for_tpu)
+  with mock.patch.object(norms, "_sums_for_tpu", form):
+    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads)
+  return lowered.compile()
 
 
 def measure(target: str, tree: str,

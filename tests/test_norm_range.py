@@ -247,3 +247,50 @@ def test_gradient_is_zero_at_an_all_zero_leaf():
       got = grad(tree)
       np.testing.assert_array_equal(np.asarray(got["w"]), np.zeros((2, 2)))
       np.testing.assert_allclose(np.asarray(got["b"]), expected_b, rtol=1e-6)
+
+
+def test_hypot_combiner_matches_numpy_over_the_float32_range():
+  # The TPU form's reduce combines norms with this, never squaring a value.
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  tiny = float(np.finfo(np.float32).tiny)  # XLA flushes subnormals to 0
+  pairs = [(0.0, 0.0), (3.0, 4.0), (1e30, 1e30), (2e19, 1.0), (1e-30, 3e-30),
+           (tiny, tiny), (F32_MAX, 0.0), (F32_MAX / 2, F32_MAX / 2),
+           (F32_MAX, F32_MAX), (np.inf, np.inf), (np.inf, 1.0), (2e-38, 0.0)]
+  a, b = (np.array(v, np.float32) for v in zip(*pairs))
+  got = np.asarray(jax.jit(norms._hypot)(a, b))
+  expected = np.hypot(a.astype(np.float64), b.astype(np.float64))
+  with np.errstate(over="ignore"):
+    expected = expected.astype(np.float32)  # inf where float32 cannot hold it
+  np.testing.assert_allclose(got, expected, rtol=2e-7)
+  assert np.isnan(jax.jit(norms._hypot)(np.float32(np.nan), np.float32(1.0)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_hypot_sums_give_the_exact_norm_and_its_gradient(dtype):
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  top = float(jnp.finfo(dtype).max) / 64  # no element rounds to inf
+  for scale in (1e-3, 1.0, min(1e30, top)):
+    leaves = [jnp.asarray(rng.normal(size=(300, 40)) * scale, dtype),
+              jnp.asarray(rng.normal(size=(7,)) * scale, dtype),
+              jnp.zeros((3, 3), dtype)]
+    norm_of = lambda ls: norms._norm_from_sums(*norms._hypot_sums(*ls))
+    np.testing.assert_allclose(float(jax.jit(norm_of)(leaves)),
+                               np_norm(leaves), rtol=1e-5)
+    grads = jax.jit(jax.grad(norm_of))(leaves)
+    for g, leaf in zip(grads, leaves):
+      np.testing.assert_allclose(
+          np.asarray(g, np.float64),
+          np.asarray(leaf, np.float64) / np_norm(leaves), rtol=2e-2,
+          atol=1e-6)
+
+
+def test_hypot_sums_are_inf_or_nan_only_for_such_elements():
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  norm_of = jax.jit(lambda ls: norms._norm_from_sums(*norms._hypot_sums(*ls)))
+  huge = [jnp.full((64, 64), F32_MAX, jnp.float32)]  # the norm itself > max
+  assert float(norm_of(huge)) == np.inf
+  assert float(norm_of([jnp.array([1.0, np.inf, np.inf], jnp.bfloat16)])
+               ) == np.inf
+  assert np.isnan(float(norm_of([jnp.array([1.0, np.nan], jnp.bfloat16)])))
+  assert float(norm_of([jnp.zeros((5,), jnp.bfloat16)])) == 0.0

@@ -156,12 +156,10 @@ def _float64_sums(*leaves: jax.Array) -> jax.Array:
   return jnp.stack([total.astype(jnp.float32), scaled.astype(jnp.float32)])
 
 
-@_float64_sums.defjvp
-def _float64_sums_jvp(leaves: tuple[jax.Array, ...],
-                      tangents: tuple[jax.Array, ...]
-                      ) -> tuple[jax.Array, jax.Array]:
-  """Tangents in float32 (no float64 outside the sums' own trace):
-  ``Σ 2x·dx`` and ``Σ 2(x·2⁻⁸⁸)(dx·2⁻⁸⁸)``."""
+def _sum_tangents(leaves: tuple[jax.Array, ...],
+                  tangents: tuple[jax.Array, ...]) -> jax.Array:
+  """The float32 tangent of ``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``:
+  ``[Σ 2x·dx, Σ 2(x·2⁻⁸⁸)(dx·2⁻⁸⁸)]``."""
   scale = _scale_factor(jnp.float32)
   plain, scaled = [], []
   for x, dx in zip(leaves, tangents):
@@ -171,9 +169,16 @@ def _float64_sums_jvp(leaves: tuple[jax.Array, ...],
     scaled.append(
         jnp.sum(2 * (x * scale.astype(dtype)) * (dx * scale.astype(dtype))
                 ).astype(jnp.float32))
-  tangent = jnp.stack([_pairwise_sum(plain, jnp.add),
-                       _pairwise_sum(scaled, jnp.add)])
-  return _float64_sums(*leaves), tangent
+  return jnp.stack([_pairwise_sum(plain, jnp.add),
+                    _pairwise_sum(scaled, jnp.add)])
+
+
+@_float64_sums.defjvp
+def _float64_sums_jvp(leaves: tuple[jax.Array, ...],
+                      tangents: tuple[jax.Array, ...]
+                      ) -> tuple[jax.Array, jax.Array]:
+  """Tangents in float32 (no float64 outside the sums' own trace)."""
+  return _float64_sums(*leaves), _sum_tangents(leaves, tangents)
 
 
 def _sums_in_float64(leaves: list[jax.Array]) -> jax.Array:
@@ -206,24 +211,73 @@ def _sums_for_cpu(leaves: list[jax.Array]) -> jax.Array:
   return total
 
 
-# Leaves below this many elements are reduced in pairs on TPU (see below).
+def _hypot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``√(a² + b²)`` of non-negative ``a`` and ``b``, squaring only their
+  ratio (at most 1): no overflow below float32's maximum, no underflow.
+
+  Equal arguments take the ratio 1, which also gives 0 for two zeros and inf
+  for two infs; a NaN goes through ``maximum``.
+  """
+  big, small = jnp.maximum(a, b), jnp.minimum(a, b)
+  ratio = jnp.where(big == small, jnp.ones((), big.dtype), small / big)
+  return big * jnp.sqrt(1 + ratio * ratio)
+
+
+@jax.custom_jvp
+def _hypot_sums(*leaves: jax.Array) -> jax.Array:
+  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``, from each leaf's norm.
+
+  Each leaf's norm is one single-output reduce of ``|x|`` whose combiner is
+  :func:`_hypot` (the float32 accumulator holds a norm, never a square, so
+  nothing overflows); the leaves' norms are combined with :func:`_hypot` too,
+  and the two sums are formed from that one norm.
+  """
+  norms = []
+  for x in leaves:
+    dtype = _sum_dtype(x)
+    norm = jax.lax.reduce(jnp.abs(x.astype(dtype)), jnp.zeros((), dtype),
+                          _hypot, tuple(range(x.ndim)))
+    norms.append(norm.astype(jnp.float32))
+  norm = _pairwise_sum(norms, _hypot)
+  scaled = norm * _scale_factor(jnp.float32)
+  return jnp.stack([norm * norm, scaled * scaled])
+
+
+@_hypot_sums.defjvp
+def _hypot_sums_jvp(leaves: tuple[jax.Array, ...],
+                    tangents: tuple[jax.Array, ...]
+                    ) -> tuple[jax.Array, jax.Array]:
+  """JAX differentiates no reduce with a combiner of its own: the tangents
+  of the sums themselves."""
+  return _hypot_sums(*leaves), _sum_tangents(leaves, tangents)
+
+
+# Float32 leaves below this many elements are reduced in pairs on TPU.
 _SMALL_LEAF = 1 << 16
 
 
 def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
-  """:func:`_sums_of_variadics`, with paired reductions for small leaves.
+  """Per leaf, the form XLA:TPU compiles best (``benchmarks/clip_overhead.py``).
 
-  Measured with XLA:TPU (``benchmarks/clip_overhead.py``): every reduction
-  costs a fusion with a fixed cost of its own, and paired reductions of
-  sibling leaves fuse together (1000 float32 leaves of 64x64: 1066 fusions
-  instead of 2000, cycles 1.07x AdamW alone on v5e). For large float32 leaves
-  the paired form left 16% of the gradient bytes as temp on v4, and for
-  bfloat16 leaves it materializes the float32 upcast (temp 20-137%); the
-  variadic form keeps both at 0.
+  * float32 leaves under 64K elements, :func:`_paired_sums`: paired
+    reductions of sibling leaves fuse together (1000 leaves of 64x64: 1066
+    fusions instead of 2000, cycles 1.07x AdamW alone on v5e);
+  * other float32 leaves, :func:`_sums_of_variadics`: the paired form left
+    16% of the gradient bytes as temp on v4, single-output reductions of the
+    GPT tree's float32 embedding 8% on v5e; the variadic form keeps it at 0;
+  * bfloat16 and float16 leaves, :func:`_hypot_sums`: the variadic and
+    paired forms of their float32 upcast cost up to 2.3x AdamW's bytes
+    accessed (v6e) or a temp of 20-137%; a single-output reduce costs optax's
+    bytes accessed within 0.2%, fewer cycles, and no temp on v4, v5e, v5p
+    and v6e.
   """
-  paired = lambda x: x.size < _SMALL_LEAF and jnp.finfo(x.dtype).bits >= 32
-  small = [x for x in leaves if paired(x)]
-  total = _sums_of_variadics([x for x in leaves if not paired(x)])
+  wide = lambda x: jnp.finfo(x.dtype).bits >= 32
+  small = [x for x in leaves if wide(x) and x.size < _SMALL_LEAF]
+  narrow = [x for x in leaves if not wide(x)]
+  total = _sums_of_variadics(
+      [x for x in leaves if wide(x) and x.size >= _SMALL_LEAF])
+  if narrow:
+    total = total + _hypot_sums(*narrow)
   if small:
     total = total + _pairwise_sum([_paired_sums(x) for x in small], jnp.add)
   return total
