@@ -38,9 +38,9 @@ from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-t
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import stabledrl_jax as sdrl  # pylint: disable=g-import-not-at-top
-from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
 from benchmarks import clip_overhead  # pylint: disable=g-import-not-at-top
 from benchmarks import hlo_traffic  # pylint: disable=g-import-not-at-top
+from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
 
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
               "v6e": "v6e:2x2"}
