@@ -261,8 +261,34 @@ def test_hypot_combiner_matches_numpy_over_the_float32_range():
   expected = np.hypot(a.astype(np.float64), b.astype(np.float64))
   with np.errstate(over="ignore"):
     expected = expected.astype(np.float32)  # inf where float32 cannot hold it
-  np.testing.assert_allclose(got, expected, rtol=2e-7)
-  assert np.isnan(jax.jit(norms._hypot)(np.float32(np.nan), np.float32(1.0)))
+  np.testing.assert_allclose(got, expected, rtol=3e-7)
+  for a, b in ((np.nan, 1.0), (1.0, np.nan), (np.nan, np.inf), (0.0, np.nan)):
+    assert np.isnan(jax.jit(norms._hypot)(np.float32(a), np.float32(b)))
+
+
+def test_hypot_combiner_has_no_drift_over_long_chains():
+  # A TPU reduce runs each lane as a long chain of combines. big * √(1 + r²)
+  # rounds down about half the time and drifts by 3.6e-4 over 25,000 steps;
+  # a float32 sum of squares drifts by ~4e-6 here.
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  x = np.abs(np.random.default_rng(4).normal(size=(25_000, 64))
+             ).astype(np.float32)
+  chain = jax.jit(lambda x: jax.lax.scan(
+      lambda acc, row: (norms._hypot(acc, row), None),
+      jnp.zeros((64,), jnp.float32), x)[0])
+  expected = np.sqrt(np.sum(x.astype(np.float64) ** 2, axis=0))
+  np.testing.assert_allclose(np.asarray(chain(x), np.float64), expected,
+                             rtol=2e-5)
+
+  def textbook(a, b):
+    big, small = jnp.maximum(a, b), jnp.minimum(a, b)
+    return big * jnp.sqrt(1 + (small / big) ** 2)
+
+  drifted = jax.jit(lambda x: jax.lax.scan(
+      lambda acc, row: (textbook(acc, row), None),
+      jnp.full((64,), np.float32(1e-30)), x)[0])(x)
+  # The data tell the two apart: the textbook form is 3.6e-4 low.
+  assert np.all(np.asarray(drifted, np.float64) / expected - 1 < -3e-4)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
@@ -288,9 +314,53 @@ def test_hypot_sums_give_the_exact_norm_and_its_gradient(dtype):
 def test_hypot_sums_are_inf_or_nan_only_for_such_elements():
   from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
   norm_of = jax.jit(lambda ls: norms._norm_from_sums(*norms._hypot_sums(*ls)))
-  huge = [jnp.full((64, 64), F32_MAX, jnp.float32)]  # the norm itself > max
+  huge = [jnp.full((64, 64), 3e38, jnp.bfloat16)]  # the norm itself > max
   assert float(norm_of(huge)) == np.inf
+  finite = [jnp.full((8,), 1e38, jnp.bfloat16)]  # squares overflow, norm not
+  np.testing.assert_allclose(float(norm_of(finite)), np_norm(finite),
+                             rtol=1e-6)
   assert float(norm_of([jnp.array([1.0, np.inf, np.inf], jnp.bfloat16)])
                ) == np.inf
   assert np.isnan(float(norm_of([jnp.array([1.0, np.nan], jnp.bfloat16)])))
   assert float(norm_of([jnp.zeros((5,), jnp.bfloat16)])) == 0.0
+
+
+def test_tpu_form_sends_narrow_floats_to_the_hypot_reduce(monkeypatch):
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  seen = []
+  original = norms._hypot_sums
+
+  def recording(*leaves):
+    seen.extend(str(x.dtype) for x in leaves)
+    return original(*leaves)
+
+  monkeypatch.setattr(norms, "_hypot_sums", recording)
+  rng = np.random.default_rng(5)
+  leaves = [jnp.asarray(rng.normal(size=(300, 300)), jnp.float32),
+            jnp.asarray(rng.normal(size=(8, 8)), jnp.float32),
+            jnp.asarray(rng.normal(size=(300, 40)) * 1e25, jnp.bfloat16),
+            jnp.asarray(rng.normal(size=(50,)), jnp.float16)]
+  norm_of = lambda ls: norms._norm_from_sums(*norms._sums_for_tpu(ls))
+  np.testing.assert_allclose(float(jax.jit(norm_of)(leaves)), np_norm(leaves),
+                             rtol=1e-5)
+  assert sorted(seen) == ["bfloat16", "float16"]
+  grads = jax.jit(jax.grad(norm_of))(leaves)
+  for g, leaf in zip(grads, leaves):
+    np.testing.assert_allclose(
+        np.asarray(g, np.float64),
+        np.asarray(leaf, np.float64) / np_norm(leaves), rtol=1e-2, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gradient_near_float32_max_is_not_nan_eagerly(dtype):
+  # 2x overflows for x above half of float32's maximum; times the zero
+  # cotangent of the overflowed plain sum that was NaN without jit.
+  tree = {"w": jnp.array([[2e38, 1.0], [3.0, -1e37]], dtype),
+          "b": jnp.ones((3,), dtype)}
+  norm = np_norm(tree)
+  grad = jax.grad(sdrl.global_norm)
+  for got in (grad(tree), jax.jit(grad)(tree)):
+    for key, leaf in tree.items():
+      np.testing.assert_allclose(
+          np.asarray(got[key], np.float64),
+          np.asarray(leaf, np.float64) / norm, rtol=1e-2, atol=1e-30)

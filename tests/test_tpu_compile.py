@@ -134,12 +134,13 @@ def mixed_layout(num_leaves=40):
   return shapes, specs
 
 
-def sharded_update_args(tx, mesh, shapes, specs):
-  """Abstract float32 gradients laid out by ``specs`` and ``tx``'s replicated
-  state: the arguments of ``tx.update``."""
-  grads = {k: jax.ShapeDtypeStruct(s, jnp.float32,
+def sharded_update_args(tx, mesh, shapes, specs, dtypes=(jnp.float32,)):
+  """Abstract gradients laid out by ``specs`` (leaf ``i`` of dtype
+  ``dtypes[i % len(dtypes)]``) and ``tx``'s replicated state: the arguments
+  of ``tx.update``."""
+  grads = {k: jax.ShapeDtypeStruct(s, dtypes[i % len(dtypes)],
                                    sharding=NamedSharding(mesh, specs[k]))
-           for k, s in shapes.items()}
+           for i, (k, s) in enumerate(shapes.items())}
   state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=NamedSharding(mesh, P())),
@@ -160,11 +161,11 @@ def test_one_all_reduce_under_shard_map_on_sixteen_chips(target):
   assert hlo_traffic.count_ops(text, "all-reduce") == 1
 
 
-def plain_jit_all_reduces(target, specs, shapes):
+def plain_jit_all_reduces(target, specs, shapes, dtypes=(jnp.float32,)):
   """All-reduce ops in the clip compiled by plain ``jax.jit`` (no axis names)."""
   tx = sdrl.unconditional_clip(1.0)
   grads, state = sharded_update_args(tx, sixteen_chip_mesh(target), shapes,
-                                     specs)
+                                     specs, dtypes)
   text = jax.jit(tx.update).lower(grads, state).compile().as_text()
   return hlo_traffic.count_ops(text, "all-reduce")
 
@@ -180,3 +181,26 @@ def test_plain_jit_all_reduces_on_sixteen_chips(target):
   # {data} and {model}), the count docs/norm_on_tpu.md gives; shard_map with
   # partition_specs gives 1.
   assert plain_jit_all_reduces(target, mixed, shapes) == 3
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_bfloat16_leaves_under_plain_jit_and_shard_map(target):
+  # bfloat16 leaves reduce their norm with a hypot combiner: under plain jit
+  # the partitioner's all-reduce takes that combiner, which XLA:TPU compiles;
+  # it cannot merge with the float32 leaves' add, so an FSDP tree of both
+  # dtypes has two. shard_map with partition_specs keeps one.
+  shapes = {f"l{i:03d}": (256, 512) for i in range(8)}
+  fsdp = {k: P("data", "model") for k in shapes}
+  assert plain_jit_all_reduces(target, fsdp, shapes, (jnp.bfloat16,)) == 1
+  both = (jnp.float32, jnp.bfloat16)
+  assert plain_jit_all_reduces(target, fsdp, shapes, both) == 2
+  _, mixed = mixed_layout(8)
+  tx = sdrl.unconditional_clip(1.0, partition_specs=mixed)
+  mesh = sixteen_chip_mesh(target)
+  grads, state = sharded_update_args(tx, mesh, shapes, mixed, both)
+  state_specs = jax.tree.map(lambda _: P(), state)
+  fn = jax.shard_map(tx.update, mesh=mesh, in_specs=(mixed, state_specs),
+                     out_specs=(mixed, state_specs))
+  text = jax.jit(fn).lower(grads, state).compile().as_text()
+  assert hlo_traffic.count_ops(text, "all-reduce") == 1
+  assert hlo_traffic.count_ops(text, "conditional") == 0
