@@ -211,13 +211,18 @@ def test_gradient_of_the_norm_is_x_over_norm(scale):
   rng = np.random.default_rng(1)
   tree = {"w": jnp.asarray(rng.normal(size=(30, 7)) * scale, jnp.float32),
           "b": jnp.asarray(rng.normal(size=(5,)) * scale, jnp.float32)}
+  assert_gradient_is_x_over_norm(tree, rtol=1e-5, atol=1e-7)
+
+
+def assert_gradient_is_x_over_norm(tree, rtol, atol):
+  """``jax.grad(global_norm)``, eager and jitted, against ``x / ‖x‖``."""
   norm = np_norm(tree)
   grad = jax.grad(sdrl.global_norm)
   for got in (grad(tree), jax.jit(grad)(tree)):
     for key, leaf in tree.items():
       np.testing.assert_allclose(
           np.asarray(got[key], np.float64),
-          np.asarray(leaf, np.float64) / norm, rtol=1e-5, atol=1e-7)
+          np.asarray(leaf, np.float64) / norm, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("form", ["_sums_of_variadics", "_sums_for_tpu",
@@ -357,10 +362,4 @@ def test_gradient_near_float32_max_is_not_nan_eagerly(dtype):
   # cotangent of the overflowed plain sum that was NaN without jit.
   tree = {"w": jnp.array([[2e38, 1.0], [3.0, -1e37]], dtype),
           "b": jnp.ones((3,), dtype)}
-  norm = np_norm(tree)
-  grad = jax.grad(sdrl.global_norm)
-  for got in (grad(tree), jax.jit(grad)(tree)):
-    for key, leaf in tree.items():
-      np.testing.assert_allclose(
-          np.asarray(got[key], np.float64),
-          np.asarray(leaf, np.float64) / norm, rtol=1e-2, atol=1e-30)
+  assert_gradient_is_x_over_norm(tree, rtol=1e-2, atol=1e-30)

@@ -266,11 +266,11 @@ _SMALL_LEAF = 1 << 16
 def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
   """Per leaf, the form XLA:TPU compiles best (``benchmarks/clip_overhead.py``).
 
-  * float32 (and float64) leaves under 64K elements, :func:`_paired_sums`: paired
-    reductions of sibling leaves fuse together (1000 leaves of 64x64: 1066
-    fusions instead of 2000, cycles 1.07x AdamW alone on v5e);
-  * larger ones, :func:`_sums_of_variadics`: for the GPT-shaped
-    float32 tree the paired form left 16% of the gradient bytes as temp on
+  * float32 (and float64) leaves under 64K elements, :func:`_paired_sums`:
+    paired reductions of sibling leaves fuse together (1000 leaves of 64x64:
+    1066 fusions instead of 2000, cycles 1.07x AdamW alone on v5e);
+  * larger ones, :func:`_sums_of_variadics`: for the GPT-shaped float32
+    tree the paired form left 16% of the gradient bytes as temp on
     v4 and the hypot form 7.9% on v5e (``norm_tpu_hypot.txt``); the variadic
     form keeps it at 0;
   * narrower floats (bfloat16, float16), :func:`_hypot_sums`: the variadic
@@ -499,8 +499,8 @@ def global_norm(
   first, complex leaves contribute ``|z|²``; on CPU, with jax 0.8 or later,
   leaves of rank 2 and more are summed in float64; on TPU, bfloat16 and
   float16 leaves accumulate their float32 norm with an overflow-free
-  ``hypot``) before any addition across leaves or devices. Integer, bool and None leaves
-  do not count. The same pass over the data also sums the squares scaled by
+  ``hypot``) before any addition across leaves or devices. Integer, bool and
+  None leaves do not count. The same pass over the data also sums the squares scaled by
   2⁻⁸⁸, so the norm of a finite tree is finite and exact even when its square
   overflows float32 (norms above ~1.8e19, up to float32's maximum): it is inf
   or NaN only for an inf or NaN element. Squares below float32's normal range
