@@ -51,6 +51,7 @@ class Allocations(NamedTuple):
   temp_values: dict[str, int]       # opcode -> values in it
   temp_value_bytes: dict[str, int]  # opcode -> their own sizes
   largest_temp_value: int           # bytes of the largest value in it
+  temp_offsets: int                 # distinct offsets of its values
 
 
 def parse_buffer_assignment(text: str) -> Allocations:
@@ -61,6 +62,7 @@ def parse_buffer_assignment(text: str) -> Allocations:
   values: dict[str, int] = collections.Counter()
   value_bytes: dict[str, int] = collections.Counter()
   largest = 0
+  offsets = set()
   in_hbm_temp = False
   for line in text.splitlines():
     match = _ALLOCATION.match(line)
@@ -79,8 +81,9 @@ def parse_buffer_assignment(text: str) -> Allocations:
       values[opcode] += 1
       value_bytes[opcode] += int(match.group(2))
       largest = max(largest, int(match.group(2)))
+      offsets.add(int(match.group(3)))
   return Allocations(dict(by_color), temp_bytes, dict(values),
-                     dict(value_bytes), largest)
+                     dict(value_bytes), largest, len(offsets))
 
 
 class Row(NamedTuple):
@@ -152,9 +155,10 @@ def format_rows(rows: list[Row]) -> str:
   lines = [
       "| target | tree | variant | `temp_size_in_bytes` | HBM temp allocation "
       "| its values: `slice-start` (count, own bytes) | its largest value "
+      "| its distinct offsets (allocation / offsets) "
       "| HBM allocated, change | on-chip allocated, change "
       "| `peak_memory_in_bytes`, change |",
-      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+      "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   base: dict[tuple[str, str], Row] = {}
   for r in rows:
     if r.variant == "adamw":
@@ -172,6 +176,7 @@ def format_rows(rows: list[Row]) -> str:
         f"| {slices} of {sum(a.temp_values.values())} values, "
         f"{a.temp_value_bytes.get('slice-start', 0) / 1024:.0f} KiB "
         f"| {_human(a.largest_temp_value)} "
+        f"| {a.temp_offsets} ({_human(a.temp_bytes // max(a.temp_offsets, 1))}) "
         f"| {_pct(hbm, r.grad_bytes)} | {_pct(on_chip, r.grad_bytes)} "
         f"| {_pct(r.peak - b.peak, r.grad_bytes)} |")
   return "\n".join(lines)

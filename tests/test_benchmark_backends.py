@@ -259,6 +259,7 @@ def test_parse_buffer_assignment_sums_spaces_and_names_temp_values():
   assert parsed.temp_values == {"slice-start": 2, "fusion": 1}
   assert parsed.temp_value_bytes == {"slice-start": 1024, "fusion": 256}
   assert parsed.largest_temp_value == 512
+  assert parsed.temp_offsets == 3
 
 
 @pytest.mark.slow
