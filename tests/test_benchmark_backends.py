@@ -233,18 +233,21 @@ def test_train_step_share_small_cpu(tmp_path):
   assert 0 < share_of_hbm < 50
 
 
-# Two HBM allocations (a parameter and the preallocated temp, which holds two
-# slice-start values and a fusion's output) and a VMEM temp; from the layout
-# of XLA:TPU's *-buffer-assignment.txt dumps.
+# A parameter, the preallocated temp (two slice-start values, a fusion's output
+# and a loop-carried phi value), an output and a VMEM temp, in the layout of
+# XLA:TPU's *-buffer-assignment.txt dumps.
 BUFFER_ASSIGNMENT = """\
 BufferAssignment:
 allocation 0: size 1048576, parameter 0, shape |f32[512,512]| at ShapeIndex {}:
  value: <1 p0 @0> (size=1048576,offset=0): f32[512,512]{1,0:T(8,128)}
-allocation 1: size 33280, preallocated-temp:
+allocation 1: size 49664, preallocated-temp:
  value: <7 slice-start.4{} @0> (size=512,offset=16384): ((f32[512,512]), f32[128,512], s32[])
  value: <8 slice-start.4{0} @0> (size=512,offset=0): (f32[512,512])
- value: <9 fusion.2 @0> (size=256,offset=32768): f32[64]{0}
-allocation 2: size 4096, color 1, preallocated-temp:
+ value: <9 fusion.2.clone @0> (size=256,offset=32768): f32[64]{0}
+ value: <11 arg_tuple.3{0} (phi) @0> (size=128,offset=32768): f32[32]{0}
+allocation 2: size 1024, maybe-live-out:
+ value: <12 tuple.5 @0> (size=1024,offset=0): (f32[64])
+allocation 3: size 4096, color 1, preallocated-temp:
  value: <10 fusion.3 @0> (size=4096,offset=0): f32[1024]{0:S(1)}
 """
 
@@ -252,14 +255,29 @@ allocation 2: size 4096, color 1, preallocated-temp:
 def test_parse_buffer_assignment_sums_spaces_and_names_temp_values():
   tpu_memory = _load("tpu_memory")
   parsed = tpu_memory.parse_buffer_assignment(BUFFER_ASSIGNMENT)
-  assert parsed.bytes_by_color == {0: 1048576 + 33280, 1: 4096}
-  assert parsed.temp_bytes == 33280
-  # Only the HBM temp's values, by opcode, without instruction and tuple
-  # indices.
-  assert parsed.temp_values == {"slice-start": 2, "fusion": 1}
-  assert parsed.temp_value_bytes == {"slice-start": 1024, "fusion": 256}
+  assert parsed.bytes_by_color == {0: 1048576 + 49664 + 1024, 1: 4096}
+  assert parsed.temp_bytes == 49664
+  # Only the HBM temp's values, by name without instruction and tuple
+  # indices; two values share offset 32768.
+  assert parsed.temp_values == {"slice-start": 2, "fusion": 1, "arg_tuple": 1}
+  assert parsed.temp_value_bytes == {"slice-start": 1024, "fusion": 256,
+                                     "arg_tuple": 128}
   assert parsed.largest_temp_value == 512
   assert parsed.temp_offsets == 3
+
+
+def test_parse_buffer_assignment_rejects_an_unknown_value_line():
+  tpu_memory = _load("tpu_memory")
+  with pytest.raises(ValueError, match="unknown buffer-assignment value"):
+    tpu_memory.parse_buffer_assignment(
+        "allocation 0: size 8, preallocated-temp:\n value: <1 x {size=8}>\n")
+
+
+def test_parse_memory_spaces_names_each_color():
+  tpu_memory = _load("tpu_memory")
+  report = ("Memory Space: default (color=0)\nTotal bytes: 16 (16B)\n\n"
+            "Memory Space: vmem (color=1)\nTotal bytes: 8 (8B)\n")
+  assert tpu_memory.parse_memory_spaces(report) == {0: "default", 1: "vmem"}
 
 
 @pytest.mark.slow
@@ -267,9 +285,11 @@ def test_tpu_memory_reads_a_real_buffer_assignment(tmp_path):
   tpu_memory = _load("tpu_memory")
   bench = _load("clip_overhead")
   shapes = bench.gpt_shapes(16, 64, 1)
-  _, parsed = tpu_memory.compile_with_dump(
+  _, parsed, spaces = tpu_memory.compile_with_dump(
       "unconditional", shapes, jnp.float32, jax.devices("cpu")[0],
       str(tmp_path))
   grad_bytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
   # Donated parameters and moments, and the gradients: at least 4 trees.
   assert parsed.bytes_by_color[0] >= 4 * grad_bytes
+  assert sum(parsed.temp_values.values()) > 0
+  assert spaces[0] == "default"
