@@ -135,14 +135,10 @@ def compile_with_dump(variant: str, shapes, grad_dtype, device, dump_dir: str
   tx = clip_overhead.make_optimizer(variant, 1.0, 1e-4)
   opt_state = jax.eval_shape(tx.init, params)
   args = xla_targets.abstract((params, opt_state, grads), device)
-  # A program taken from the persistent compilation cache is not dumped.
-  cache = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
-  try:
-    compiled = clip_overhead.make_step(tx).lower(*args).compile(
-        compiler_options={"xla_dump_to": dump_dir})
-  finally:
-    jax.config.update("jax_enable_compilation_cache", cache)
+  # A program taken from a compilation cache is not dumped: run this in a
+  # process without JAX's persistent cache.
+  compiled = clip_overhead.make_step(tx).lower(*args).compile(
+      compiler_options={"xla_dump_to": dump_dir})
   return (compiled,
           parse_buffer_assignment(_one_dump(dump_dir, "buffer-assignment.txt")),
           parse_memory_spaces(_one_dump(dump_dir, "memory-usage-report.txt")))

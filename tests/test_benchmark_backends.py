@@ -1,16 +1,16 @@
 """Tests of the per-backend benchmark tooling: benchmarks/hlo_traffic.py's
 counting rules on hand-written TPU-style HLO, its agreement with XLA:CPU's own
-byte count, and small runs of clip_overhead.py --target and
-train_step_share.py on XLA:CPU.
+byte count, tpu_memory.py's reading of XLA's buffer-assignment dumps, and
+small runs of clip_overhead.py --target and train_step_share.py on XLA:CPU.
 """
 
 import importlib.util
 import os
+import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -282,14 +282,26 @@ def test_parse_memory_spaces_names_each_color():
 
 @pytest.mark.slow
 def test_tpu_memory_reads_a_real_buffer_assignment(tmp_path):
-  tpu_memory = _load("tpu_memory")
-  bench = _load("clip_overhead")
-  shapes = bench.gpt_shapes(16, 64, 1)
-  _, parsed, spaces = tpu_memory.compile_with_dump(
-      "unconditional", shapes, jnp.float32, jax.devices("cpu")[0],
-      str(tmp_path))
-  grad_bytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
-  # Donated parameters and moments, and the gradients: at least 4 trees.
-  assert parsed.bytes_by_color[0] >= 4 * grad_bytes
-  assert sum(parsed.temp_values.values()) > 0
-  assert spaces[0] == "default"
+  # A fresh process: this session's persistent compilation cache would hand
+  # back a compiled program without dumping it.
+  script = f"""
+import sys
+sys.path.insert(0, {BENCH!r})
+import jax, jax.numpy as jnp, numpy as np
+import clip_overhead, tpu_memory
+shapes = clip_overhead.gpt_shapes(16, 64, 1)
+_, parsed, spaces = tpu_memory.compile_with_dump(
+    "unconditional", shapes, jnp.float32, jax.devices("cpu")[0], {str(tmp_path)!r})
+grad_bytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
+# Donated parameters and moments, and the gradients: at least 4 trees.
+assert parsed.bytes_by_color[0] >= 4 * grad_bytes, parsed
+assert sum(parsed.temp_values.values()) > 0, parsed
+assert spaces[0] == "default", spaces
+print("ok")
+"""
+  env = {k: v for k, v in os.environ.items()
+         if k != "JAX_COMPILATION_CACHE_DIR"}
+  result = subprocess.run([sys.executable, "-c", script], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode == 0 and "ok" in result.stdout, result.stderr
