@@ -296,7 +296,8 @@ grad_bytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
 # Donated parameters and moments, and the gradients: at least 4 trees.
 assert parsed.bytes_by_color[0] >= 4 * grad_bytes, parsed
 assert sum(parsed.temp_values.values()) > 0, parsed
-assert spaces[0] == "default", spaces
+# Older XLA:CPU reports do not name the spaces.
+assert spaces.get(0, "default") == "default", spaces
 print("ok")
 """
   env = {k: v for k, v in os.environ.items()
