@@ -9,9 +9,20 @@ and the sum of its fusions' ``estimated_cycles``, and the number of
 fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients) and
 ``small`` (1000 small float32 leaves). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and ``ours-hypot-f32``, our
-clip with the TPU form that the library keeps for bfloat16 and float16
-leaves (one hypot reduce per leaf) used for large float32 leaves too.
+clip, the conditional clip or optax's in front, and three more of ours:
+
+* ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
+  non-finite steps; the norm is the released one);
+* ``ours-hypot-f32``: large float32 leaves take the TPU form the library keeps
+  for bfloat16 and float16 leaves (one hypot reduce per leaf);
+* ``ours-plain-f32``: a reference, not overflow-safe: one float32 sum of
+  squares per large float32 leaf (optax's single-output sum), added as our
+  balanced tree.
+
+Two more columns: the peak memory above AdamW alone's, as a fraction of the
+gradient bytes (on v5p and v6e it counts on-chip memory too), and the
+asynchronous copies (``copy-start``: the prefetches and evictions of XLA's
+memory-space assignment) with the HBM bytes they move.
 
 Run::
 
@@ -44,7 +55,8 @@ from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
 
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
               "v6e": "v6e:2x2"}
-VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-hypot-f32")
+VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
+            "ours-hypot-f32", "ours-plain-f32")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -83,12 +95,38 @@ def _hypot_for_float32_too(leaves: list[jax.Array]) -> jax.Array:
   return total
 
 
+# The released TPU form (the variants patch ``norms._sums_for_tpu``).
+_RELEASED = norms._sums_for_tpu
+
+
+def _plain_for_float32(leaves: list[jax.Array]) -> jax.Array:
+  """A reference, not overflow-safe: the TPU form with one float32 sum of
+  squares per large float32 leaf; their scaled sum is derived from it."""
+  large = [x for x in leaves
+           if jnp.finfo(x.dtype).bits >= 32 and x.size >= norms._SMALL_LEAF]
+  rest = [x for x in leaves if all(x is not y for y in large)]
+  total = _RELEASED(rest)
+  if large:
+    plain = norms._pairwise_sum(
+        [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in large], jnp.add)
+    scale = norms._scale_factor(jnp.float32)
+    total = total + jnp.stack([plain, plain * scale * scale])
+  return total
+
+
+_FORMS = {"ours-hypot-f32": _hypot_for_float32_too,
+          "ours-plain-f32": _plain_for_float32}
+
+
 def make_optimizer(variant: str) -> optax.GradientTransformation:
   adamw = optax.adamw(1e-4, weight_decay=0.01)
   if variant == "adamw":
     return adamw
-  if variant in ("ours", "ours-hypot-f32"):
+  if variant == "ours" or variant in _FORMS:
     return optax.chain(sdrl.unconditional_clip(1.0), adamw)
+  if variant == "ours-propagate":
+    return optax.chain(sdrl.unconditional_clip(1.0, nonfinite="propagate"),
+                       adamw)
   if variant == "conditional":
     return optax.chain(sdrl.conditional_clip(1.0), adamw)
   if variant == "optax":
@@ -111,8 +149,7 @@ def compile_step(variant: str, shapes, grad_dtype, device) -> Any:
     updates, s = tx.update(g, s, p)
     return optax.apply_updates(p, updates), s
 
-  form = (_hypot_for_float32_too if variant == "ours-hypot-f32"
-          else norms._sums_for_tpu)
+  form = _FORMS.get(variant, _RELEASED)
   with mock.patch.object(norms, "_sums_for_tpu", form):
     lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads)
   return lowered.compile()
@@ -131,11 +168,15 @@ def measure(target: str, tree: str,
     compiled = compile_step(variant, shapes, grad_dtype, topology.devices[0])
     text = compiled.as_text()
     cost = compiled.cost_analysis()
+    traffic = hlo_traffic.hbm_traffic(text)
     rows.append({
         "target": target, "tree": tree, "variant": variant,
         "grad_bytes": grad_bytes,
         "temp": compiled.memory_analysis().temp_size_in_bytes,
-        "hbm": hlo_traffic.hbm_traffic(text).total_bytes,
+        "peak": compiled.memory_analysis().peak_memory_in_bytes,
+        "hbm": traffic.total_bytes,
+        "copies": hlo_traffic.count_ops(text, "copy-start"),
+        "copy_hbm": traffic.by_opcode.get("copy-start", 0),
         "bytes_accessed": float(cost["bytes accessed"]),
         "cycles": hlo_traffic.estimated_cycles(text),
         "conditionals": hlo_traffic.count_ops(text, "conditional"),
@@ -148,8 +189,10 @@ def measure(target: str, tree: str,
 def format_rows(rows: list[dict[str, Any]]) -> str:
   lines = ["| target | tree | variant | temp / grad bytes | HBM traffic "
            "(x adamw) | extra HBM / grad bytes | bytes accessed (x adamw) "
-           "| estimated cycles (x adamw) | `conditional` | fusions |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| estimated cycles (x adamw) | `conditional` | fusions "
+           "| peak over adamw / grad bytes | `copy-start` | their HBM bytes "
+           "/ grad bytes |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   base = {}
   for r in rows:
     if r["variant"] == "adamw":
@@ -162,7 +205,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         f"| {(r['hbm'] - b['hbm']) / r['grad_bytes']:.3f} "
         f"| {r['bytes_accessed'] / b['bytes_accessed']:.3f} "
         f"| {r['cycles'] / b['cycles']:.3f} "
-        f"| {r['conditionals']} | {r['fusions']} |")
+        f"| {r['conditionals']} | {r['fusions']} "
+        f"| {100 * (r['peak'] - b['peak']) / r['grad_bytes']:.2f}% "
+        f"| {r['copies']} | {r['copy_hbm'] / r['grad_bytes']:.3f} |")
   return "\n".join(lines)
 
 

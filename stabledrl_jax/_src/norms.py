@@ -271,7 +271,7 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
     1066 fusions instead of 2000, cycles 1.07x AdamW alone on v5e);
   * larger ones, :func:`_sums_of_variadics`: for the GPT-shaped float32
     tree the paired form left 16% of the gradient bytes as temp on
-    v4 and the hypot form 7.9% on v5e (``norm_tpu_hypot.txt``); the variadic
+    v4 and the hypot form 7.9% on v5e (``norm_tpu.txt``); the variadic
     form keeps it at 0;
   * narrower floats (bfloat16, float16), :func:`_hypot_sums`: the variadic
     form of their float32 upcast costs up to 2.3x AdamW's bytes accessed
