@@ -20,9 +20,10 @@ clip, the conditional clip or optax's in front, and three more of ours:
   balanced tree.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
-gradient bytes (on v5p and v6e it counts on-chip memory too), and the
-asynchronous copies (``copy-start``: the prefetches and evictions of XLA's
-memory-space assignment) with the HBM bytes they move.
+gradient bytes (it counts on-chip memory on some generations), and the entry
+computation's asynchronous copies (``copy-start``: the prefetches and
+evictions of XLA's memory-space assignment) with the HBM bytes they move
+(with a conditional's costliest branch, as ``hlo_traffic`` charges it).
 
 Run::
 
@@ -31,6 +32,7 @@ Run::
 """
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from typing import Any
@@ -101,7 +103,8 @@ _RELEASED = norms._sums_for_tpu
 
 def _plain_for_float32(leaves: list[jax.Array]) -> jax.Array:
   """A reference, not overflow-safe: the TPU form with one float32 sum of
-  squares per large float32 leaf; their scaled sum is derived from it."""
+  squares per large float32 leaf; their scaled sum is derived from it (0
+  unless the plain sum is inf, and then inf too)."""
   large = [x for x in leaves
            if jnp.finfo(x.dtype).bits >= 32 and x.size >= norms._SMALL_LEAF]
   rest = [x for x in leaves if all(x is not y for y in large)]
@@ -175,7 +178,7 @@ def measure(target: str, tree: str,
         "temp": compiled.memory_analysis().temp_size_in_bytes,
         "peak": compiled.memory_analysis().peak_memory_in_bytes,
         "hbm": traffic.total_bytes,
-        "copies": hlo_traffic.count_ops(text, "copy-start"),
+        "copies": hlo_traffic.entry_opcode_counts(text).get("copy-start", 0),
         "copy_hbm": traffic.by_opcode.get("copy-start", 0),
         "bytes_accessed": float(cost["bytes accessed"]),
         "cycles": hlo_traffic.estimated_cycles(text),
@@ -228,7 +231,7 @@ def main() -> None:
       print(f"done {target} {tree}", file=sys.stderr, flush=True)
   text = format_rows(rows) + (
       f"\n\njax {jax.__version__}, optax {optax.__version__}, deviceless "
-      "XLA:TPU compiles (libtpu).")
+      f"XLA:TPU compiles (libtpu {importlib.metadata.version('libtpu')}).")
   print(text)
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
