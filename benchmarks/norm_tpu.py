@@ -9,15 +9,18 @@ and the sum of its fusions' ``estimated_cycles``, and the number of
 fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients) and
 ``small`` (1000 small float32 leaves). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and three more of ours:
+clip, the conditional clip or optax's in front, and four more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
-* ``ours-hypot-f32``: large float32 leaves take the TPU form the library keeps
-  for bfloat16 and float16 leaves (one hypot reduce per leaf);
+* ``ours-variadic-f32``: the TPU form before the hypot reduce took the float32
+  leaves: one variadic (two-output) reduce per float32 leaf of 64K elements
+  or more, paired reductions for smaller float32 leaves of any rank;
+* ``ours-paired-vectors``: the released form, but float32 vectors under 64K
+  elements reduced in pairs like the small matrices;
 * ``ours-plain-f32``: a reference, not overflow-safe: one float32 sum of
-  squares per large float32 leaf (optax's single-output sum), added as our
-  balanced tree.
+  squares per float32 leaf of 64K elements or more (optax's single-output
+  sum), added as our balanced tree.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -58,7 +61,7 @@ from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
               "v6e": "v6e:2x2"}
 VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
-            "ours-hypot-f32", "ours-plain-f32")
+            "ours-variadic-f32", "ours-paired-vectors", "ours-plain-f32")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -83,31 +86,53 @@ def tree_spec(name: str) -> tuple[dict[str, tuple[int, ...]], Any]:
   raise ValueError(f"unknown tree {name!r}")
 
 
-def _hypot_for_float32_too(leaves: list[jax.Array]) -> jax.Array:
-  """The TPU form with the hypot reduce for large float32 leaves too (the
-  released form keeps the variadic reduce for them); small float32 leaves
-  stay paired."""
-  paired = [x for x in leaves
-            if jnp.finfo(x.dtype).bits >= 32 and x.size < norms._SMALL_LEAF]
-  rest = [x for x in leaves if all(x is not y for y in paired)]
-  total = norms._hypot_sums(*rest) if rest else jnp.zeros((2,), jnp.float32)
+# The released TPU form (the variants patch ``norms._sums_for_tpu``).
+_RELEASED = norms._sums_for_tpu
+
+
+def _split(leaves: list[jax.Array], takes) -> tuple[list, list]:
+  """``leaves`` for which ``takes(leaf)`` holds, and the others."""
+  taken = [x for x in leaves if takes(x)]
+  return taken, [x for x in leaves if all(x is not y for y in taken)]
+
+
+def _wide(x: jax.Array) -> bool:
+  return jnp.finfo(x.dtype).bits >= 32
+
+
+def _variadic_for_float32(leaves: list[jax.Array]) -> jax.Array:
+  """The earlier TPU form: variadic reduces for float32 leaves of 64K
+  elements or more, paired ones for the smaller float32 leaves, the hypot
+  reduce for 16-bit floats."""
+  large, rest = _split(leaves,
+                       lambda x: _wide(x) and x.size >= norms._SMALL_LEAF)
+  paired, narrow = _split(rest, _wide)
+  total = norms._sums_of_variadics(large)
+  if narrow:
+    total = total + norms._hypot_sums(*narrow)
   if paired:
     total = total + norms._pairwise_sum(
         [norms._paired_sums(x) for x in paired], jnp.add)
   return total
 
 
-# The released TPU form (the variants patch ``norms._sums_for_tpu``).
-_RELEASED = norms._sums_for_tpu
+def _paired_vectors(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form with small float32 vectors paired too."""
+  vectors, rest = _split(
+      leaves, lambda x: _wide(x) and x.ndim < 2 and x.size < norms._SMALL_LEAF)
+  total = _RELEASED(rest)
+  if vectors:
+    total = total + norms._pairwise_sum(
+        [norms._paired_sums(x) for x in vectors], jnp.add)
+  return total
 
 
 def _plain_for_float32(leaves: list[jax.Array]) -> jax.Array:
   """A reference, not overflow-safe: the TPU form with one float32 sum of
   squares per large float32 leaf; their scaled sum is derived from it (0
   unless the plain sum is inf, and then inf too)."""
-  large = [x for x in leaves
-           if jnp.finfo(x.dtype).bits >= 32 and x.size >= norms._SMALL_LEAF]
-  rest = [x for x in leaves if all(x is not y for y in large)]
+  large, rest = _split(leaves,
+                       lambda x: _wide(x) and x.size >= norms._SMALL_LEAF)
   total = _RELEASED(rest)
   if large:
     plain = norms._pairwise_sum(
@@ -117,7 +142,8 @@ def _plain_for_float32(leaves: list[jax.Array]) -> jax.Array:
   return total
 
 
-_FORMS = {"ours-hypot-f32": _hypot_for_float32_too,
+_FORMS = {"ours-variadic-f32": _variadic_for_float32,
+          "ours-paired-vectors": _paired_vectors,
           "ours-plain-f32": _plain_for_float32}
 
 

@@ -311,9 +311,9 @@ print("ok")
 
 @pytest.mark.slow
 def test_norm_tpu_reference_forms_give_the_norm():
-  """norm_tpu.py's variants are the same norm in other forms; the hypot one
-  stays exact past float32's squares, the plain one (the unsafe reference)
-  does not."""
+  """norm_tpu.py's variants are the same norm in other forms; the
+  overflow-safe ones stay exact past float32's squares, the plain one (the
+  unsafe reference) does not."""
   sys.path.insert(0, ROOT)
   from benchmarks import norm_tpu  # pylint: disable=g-import-not-at-top
   from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
@@ -329,9 +329,10 @@ def test_norm_tpu_reference_forms_give_the_norm():
   def expected(xs):
     return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2)
                              for x in xs)))
-  for form in (norm_tpu._plain_for_float32, norm_tpu._hypot_for_float32_too):
+  safe = (norm_tpu._variadic_for_float32, norm_tpu._paired_vectors)
+  for form in safe + (norm_tpu._plain_for_float32,):
     np.testing.assert_allclose(norm(form, leaves), expected(leaves), rtol=1e-5)
   huge = [x * 1e20 for x in leaves[:4]]
-  np.testing.assert_allclose(norm(norm_tpu._hypot_for_float32_too, huge),
-                             expected(huge), rtol=1e-5)
+  for form in safe:
+    np.testing.assert_allclose(norm(form, huge), expected(huge), rtol=1e-5)
   assert norm(norm_tpu._plain_for_float32, huge) == np.inf

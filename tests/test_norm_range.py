@@ -192,7 +192,7 @@ def test_every_platform_form_gives_the_exact_norm(form):
   trees = [
       [jnp.float32(2e19), jnp.full((1024,), 3e30, jnp.float32),
        jnp.full((32, 32), 3e30, jnp.float32)],
-      [jnp.asarray(rng.normal(size=(300, 300)), jnp.float32),  # > 64K: variadic on TPU
+      [jnp.asarray(rng.normal(size=(300, 300)), jnp.float32),  # > 64K: hypot on TPU
        jnp.asarray(rng.normal(size=(40, 3)) * 1e-10, jnp.float32),
        jnp.asarray(rng.normal(size=(64,)) * 1e3, jnp.bfloat16)],
       [jnp.full((5,), 1e-12, jnp.float32), jnp.float32(F32_MAX)],
@@ -330,25 +330,35 @@ def test_hypot_sums_are_inf_or_nan_only_for_such_elements():
   assert float(norm_of([jnp.zeros((5,), jnp.bfloat16)])) == 0.0
 
 
-def test_tpu_form_sends_narrow_floats_to_the_hypot_reduce(monkeypatch):
+def test_tpu_form_pairs_only_small_float32_matrices(monkeypatch):
   from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
-  seen = []
-  original = norms._hypot_sums
+  hypot_shapes, paired_shapes = [], []
+  original_hypot, original_paired = norms._hypot_sums, norms._paired_sums
 
-  def recording(*leaves):
-    seen.extend(str(x.dtype) for x in leaves)
-    return original(*leaves)
+  def recording_hypot(*leaves):
+    hypot_shapes.extend((str(x.dtype), x.shape) for x in leaves)
+    return original_hypot(*leaves)
 
-  monkeypatch.setattr(norms, "_hypot_sums", recording)
+  def recording_paired(x):
+    paired_shapes.append((str(x.dtype), x.shape))
+    return original_paired(x)
+
+  monkeypatch.setattr(norms, "_hypot_sums", recording_hypot)
+  monkeypatch.setattr(norms, "_paired_sums", recording_paired)
   rng = np.random.default_rng(5)
   leaves = [jnp.asarray(rng.normal(size=(300, 300)), jnp.float32),
             jnp.asarray(rng.normal(size=(8, 8)), jnp.float32),
+            jnp.asarray(rng.normal(size=(700,)), jnp.float32),
+            jnp.float32(3.0),
             jnp.asarray(rng.normal(size=(300, 40)) * 1e25, jnp.bfloat16),
             jnp.asarray(rng.normal(size=(50,)), jnp.float16)]
   norm_of = lambda ls: norms._norm_from_sums(*norms._sums_for_tpu(ls))
   np.testing.assert_allclose(float(jax.jit(norm_of)(leaves)), np_norm(leaves),
                              rtol=1e-5)
-  assert sorted(seen) == ["bfloat16", "float16"]
+  assert paired_shapes == [("float32", (8, 8))]
+  assert hypot_shapes == [("float32", (300, 300)), ("float32", (700,)),
+                          ("float32", ()), ("bfloat16", (300, 40)),
+                          ("float16", (50,))]
   grads = jax.jit(jax.grad(norm_of))(leaves)
   for g, leaf in zip(grads, leaves):
     np.testing.assert_allclose(

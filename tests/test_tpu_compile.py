@@ -185,15 +185,20 @@ def test_plain_jit_all_reduces_on_sixteen_chips(target):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_bfloat16_leaves_under_plain_jit_and_shard_map(target):
-  # bfloat16 leaves reduce their norm with a hypot combiner: under plain jit
-  # the partitioner's all-reduce takes that combiner, which XLA:TPU compiles;
-  # it cannot merge with the float32 leaves' add, so an FSDP tree of both
-  # dtypes has two. shard_map with partition_specs keeps one.
+  # Large float32 and all 16-bit leaves reduce their norm with a hypot
+  # combiner: under plain jit the partitioner's all-reduce takes that
+  # combiner, which XLA:TPU compiles and merges across leaves, so an FSDP
+  # tree of both dtypes has one. Small float32 matrices (paired sums, an
+  # add) get an all-reduce of their own. shard_map with partition_specs
+  # keeps one.
   shapes = {f"l{i:03d}": (256, 512) for i in range(8)}
   fsdp = {k: P("data", "model") for k in shapes}
   assert plain_jit_all_reduces(target, fsdp, shapes, (jnp.bfloat16,)) == 1
   both = (jnp.float32, jnp.bfloat16)
-  assert plain_jit_all_reduces(target, fsdp, shapes, both) == 2
+  assert plain_jit_all_reduces(target, fsdp, shapes, both) == 1
+  with_small = {**shapes, **{f"s{i}": (64, 64) for i in range(4)}}
+  assert plain_jit_all_reduces(
+      target, {k: P("data", "model") for k in with_small}, with_small) == 2
   _, mixed = mixed_layout(8)
   tx = sdrl.unconditional_clip(1.0, partition_specs=mixed)
   mesh = sixteen_chip_mesh(target)

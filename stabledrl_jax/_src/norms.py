@@ -1,6 +1,6 @@
 """Float32 global norms, exact on one device, under pmap/shard_map and across processes.
 
-Each leaf's sum of squares (on TPU, for 16-bit floats, its norm) is
+Each leaf's sum of squares (on TPU, for most leaves, its norm) is
 accumulated in at least float32 before anything is added across leaves or
 devices, so low-precision trees neither overflow (an fp16
 tree of 300s) nor lose mass to rounding (a thousand bf16 leaves of 1.0).
@@ -259,35 +259,31 @@ def _hypot_sums_jvp(leaves: tuple[jax.Array, ...],
   return _hypot_sums(*leaves), _sum_tangents(leaves, tangents)
 
 
-# Float32 leaves below this many elements are reduced in pairs on TPU.
+# Float32 matrices below this many elements are reduced in pairs on TPU.
 _SMALL_LEAF = 1 << 16
 
 
 def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
-  """Per leaf, the form XLA:TPU compiles best (``benchmarks/clip_overhead.py``).
+  """Per leaf, the form XLA:TPU compiles best (``benchmarks/norm_tpu.py``).
 
-  * float32 (and float64) leaves under 64K elements, :func:`_paired_sums`:
-    paired reductions of sibling leaves fuse together (1000 leaves of 64x64:
-    1066 fusions instead of 2000, cycles 1.07x AdamW alone on v5e);
-  * larger ones, :func:`_sums_of_variadics`: for the GPT-shaped float32
-    tree the paired form left 16% of the gradient bytes as temp on
-    v4 and the hypot form 7.9% on v5e (``norm_tpu.txt``); the variadic
-    form keeps it at 0;
-  * narrower floats (bfloat16, float16), :func:`_hypot_sums`: the variadic
-    form of their float32 upcast costs up to 2.3x AdamW's bytes accessed
-    (v6e), the paired form a temp of 20-137%; a single-output reduce keeps
-    optax's HBM traffic, bytes accessed at most 0.3% above optax's (1.2%
-    below on v4) and no temp on v4, v5e, v5p and v6e.
+  * float32 (and float64) matrices and higher ranks under 64K elements,
+    :func:`_paired_sums`: paired reductions of sibling leaves fuse together
+    (1000 leaves of 16x64 to 16x128: fusion cycles 1.07x AdamW alone's on
+    v5e, 1.95x with one hypot reduce per leaf);
+  * every other leaf (larger ones, vectors and scalars, bfloat16 and float16
+    at any size), :func:`_hypot_sums`, one single-output reduce per leaf:
+    on the GPT-shaped float32 tree it keeps the temp at 0 and XLA:TPU's
+    bytes accessed within 0.35% of optax's on v4, v5e, v5p and v6e, where
+    the variadic form of the two sums cost up to 13.7% more (v5e) and paired
+    vectors a temp of 7.9% of the gradient bytes (v5e; ``norm_tpu.txt``).
   """
-  wide = lambda x: jnp.finfo(x.dtype).bits >= 32
-  small = [x for x in leaves if wide(x) and x.size < _SMALL_LEAF]
-  narrow = [x for x in leaves if not wide(x)]
-  total = _sums_of_variadics(
-      [x for x in leaves if wide(x) and x.size >= _SMALL_LEAF])
-  if narrow:
-    total = total + _hypot_sums(*narrow)
-  if small:
-    total = total + _pairwise_sum([_paired_sums(x) for x in small], jnp.add)
+  paired = [x for x in leaves
+            if jnp.finfo(x.dtype).bits >= 32 and x.ndim >= 2
+            and x.size < _SMALL_LEAF]
+  rest = [x for x in leaves if all(x is not y for y in paired)]
+  total = _hypot_sums(*rest) if rest else jnp.zeros((2,), jnp.float32)
+  if paired:
+    total = total + _pairwise_sum([_paired_sums(x) for x in paired], jnp.add)
   return total
 
 
@@ -457,8 +453,9 @@ def global_norm_squared(
   """Float32 squared L2 norm of the floating leaves of ``tree``.
 
   Same arguments and semantics as :func:`global_norm`, from the same sums:
-  the float32 sum of squares itself (on TPU, bfloat16 and float16 leaves add
-  the square of their accumulated norm, equal to about 1e-5). The
+  the float32 sum of squares itself (on TPU, leaves other than small float32
+  matrices add the square of their accumulated norm, equal to about 1e-5).
+  The
   square of a norm above ~1.8e19 does not fit in float32 and is ``inf`` here
   although every element is finite;
   :func:`global_norm` of the same tree is finite and exact. Test finiteness
@@ -497,9 +494,9 @@ def global_norm(
 
   Every leaf is squared and summed in at least float32 (fp16/bf16 are upcast
   first, complex leaves contribute ``|z|²``; on CPU, with jax 0.8 or later,
-  leaves of rank 2 and more are summed in float64; on TPU, bfloat16 and
-  float16 leaves accumulate their float32 norm with an overflow-free
-  ``hypot``) before any addition across leaves or devices. Integer, bool and
+  leaves of rank 2 and more are summed in float64; on TPU, every leaf but
+  float32 matrices under 64K elements accumulates its float32 norm with an
+  overflow-free ``hypot``) before any addition across leaves or devices. Integer, bool and
   None leaves do not count. The same pass over the data also sums the squares scaled by
   2⁻⁸⁸, so the norm of a finite tree is finite and exact even when its square
   overflows float32 (norms above ~1.8e19, up to float32's maximum): it is inf
