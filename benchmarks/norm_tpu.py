@@ -8,8 +8,9 @@ and the sum of its fusions' ``estimated_cycles``, and the number of
 ``conditional`` ops. Ratios are to AdamW alone; temp is also given as a
 fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients) and
-``small`` (1000 small float32 leaves). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and four more of ours:
+``small`` (1000 small float32 matrices) and ``small-vectors`` (1000 small
+float32 vectors). Variants: AdamW alone, with our
+clip, the conditional clip or optax's in front, and five more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -18,6 +19,7 @@ clip, the conditional clip or optax's in front, and four more of ours:
   or more, paired reductions for smaller float32 leaves of any rank;
 * ``ours-paired-vectors``: the released form, but float32 vectors under 64K
   elements reduced in pairs like the small matrices;
+* ``ours-hypot-all``: the hypot reduce for every leaf, small matrices too;
 * ``ours-plain-f32``: a reference, not overflow-safe: one float32 sum of
   squares per float32 leaf of 64K elements or more (optax's single-output
   sum), added as our balanced tree.
@@ -61,7 +63,8 @@ from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
               "v6e": "v6e:2x2"}
 VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
-            "ours-variadic-f32", "ours-paired-vectors", "ours-plain-f32")
+            "ours-variadic-f32", "ours-paired-vectors", "ours-hypot-all",
+            "ours-plain-f32")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -71,8 +74,14 @@ def gpt_shapes(width: int = 512, vocab: int = 50304,
 
 
 def small_shapes(num_leaves: int = 1000) -> dict[str, tuple[int, ...]]:
-  """``num_leaves`` small leaves of 1K to 2K elements, mixed shapes."""
+  """``num_leaves`` small matrices of 1K to 2K elements, mixed shapes."""
   return {f"leaf{i:04d}": (16, 64 + 16 * (i % 5)) for i in range(num_leaves)}
+
+
+def small_vector_shapes(num_leaves: int = 1000
+                        ) -> dict[str, tuple[int, ...]]:
+  """``num_leaves`` vectors of 1K to 2K elements."""
+  return {f"leaf{i:04d}": (1024 + 256 * (i % 5),) for i in range(num_leaves)}
 
 
 def tree_spec(name: str) -> tuple[dict[str, tuple[int, ...]], Any]:
@@ -83,6 +92,8 @@ def tree_spec(name: str) -> tuple[dict[str, tuple[int, ...]], Any]:
     return gpt_shapes(), jnp.bfloat16
   if name == "small":
     return small_shapes(), jnp.float32
+  if name == "small-vectors":
+    return small_vector_shapes(), jnp.float32
   raise ValueError(f"unknown tree {name!r}")
 
 
@@ -142,8 +153,14 @@ def _plain_for_float32(leaves: list[jax.Array]) -> jax.Array:
   return total
 
 
+def _hypot_for_all(leaves: list[jax.Array]) -> jax.Array:
+  """The hypot reduce for every leaf."""
+  return norms._hypot_sums(*leaves)
+
+
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-paired-vectors": _paired_vectors,
+          "ours-hypot-all": _hypot_for_all,
           "ours-plain-f32": _plain_for_float32}
 
 
