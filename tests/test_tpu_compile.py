@@ -89,6 +89,20 @@ def test_hbm_traffic_is_at_most_adamw_plus_one_gradient_read(target):
   assert ours <= adamw + 1.001 * grad_bytes("gpt"), (target, ours / adamw)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_float32_gpt_tree_moves_optax_s_hbm_traffic(target):
+  # One single-output reduce per large float32 leaf compiles like optax's
+  # sums of squares; the two-output reduce it replaced moved 0.41 of a
+  # gradient read more on v5e, and XLA:TPU's bytes accessed were 13.7% above
+  # optax's there (0.35% now, 0.49% below on v5p: norm_tpu.txt).
+  ours = compiled_step(target, "gpt", "ours")
+  optax_clip = compiled_step(target, "gpt", "optax")
+  hbm = lambda c: hlo_traffic.hbm_traffic(c.as_text()).total_bytes
+  assert hbm(ours) <= hbm(optax_clip) + 1e-4 * grad_bytes("gpt")
+  accessed = lambda c: float(c.cost_analysis()["bytes accessed"])
+  assert accessed(ours) <= 1.005 * accessed(optax_clip)
+
+
 def test_leaves_sorted_by_size_keep_temp_low():
   # Summing the per-leaf results as a chain let XLA:TPU run every reduction
   # first and keep their partial results alive; ordering the leaves by size
