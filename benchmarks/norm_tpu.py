@@ -7,7 +7,7 @@ optimized HLO (:mod:`benchmarks.hlo_traffic`), XLA:TPU's ``bytes accessed``
 and the sum of its fusions' ``estimated_cycles``, and the number of
 ``conditional`` ops. Ratios are to AdamW alone; temp is also given as a
 fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
-``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients) and
+``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients),
 ``small`` (1000 small float32 matrices) and ``small-vectors`` (1000 small
 float32 vectors). Variants: AdamW alone, with our
 clip, the conditional clip or optax's in front, and five more of ours:
@@ -103,8 +103,10 @@ _RELEASED = norms._sums_for_tpu
 
 def _split(leaves: list[jax.Array], takes) -> tuple[list, list]:
   """``leaves`` for which ``takes(leaf)`` holds, and the others."""
-  taken = [x for x in leaves if takes(x)]
-  return taken, [x for x in leaves if all(x is not y for y in taken)]
+  taken, others = [], []
+  for x in leaves:
+    (taken if takes(x) else others).append(x)
+  return taken, others
 
 
 def _wide(x: jax.Array) -> bool:
@@ -155,7 +157,7 @@ def _plain_for_float32(leaves: list[jax.Array]) -> jax.Array:
 
 def _hypot_for_all(leaves: list[jax.Array]) -> jax.Array:
   """The hypot reduce for every leaf."""
-  return norms._hypot_sums(*leaves)
+  return norms._hypot_sums(*leaves) if leaves else jnp.zeros((2,), jnp.float32)
 
 
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,

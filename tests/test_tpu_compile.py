@@ -90,11 +90,11 @@ def test_hbm_traffic_is_at_most_adamw_plus_one_gradient_read(target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_float32_gpt_tree_moves_optax_s_hbm_traffic(target):
+def test_float32_gpt_tree_moves_at_most_optax_hbm_traffic(target):
   # One single-output reduce per large float32 leaf compiles like optax's
   # sums of squares; the two-output reduce it replaced moved 0.41 of a
   # gradient read more on v5e, and XLA:TPU's bytes accessed were 13.7% above
-  # optax's there (0.35% now, 0.49% below on v5p: norm_tpu.txt).
+  # optax's there (0.35% now, below on v5p: norm_tpu.txt).
   ours = compiled_step(target, "gpt", "ours")
   optax_clip = compiled_step(target, "gpt", "optax")
   hbm = lambda c: hlo_traffic.hbm_traffic(c.as_text()).total_bytes
@@ -198,7 +198,7 @@ def test_plain_jit_all_reduces_on_sixteen_chips(target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_bfloat16_leaves_under_plain_jit_and_shard_map(target):
+def test_all_reduces_of_mixed_dtypes_and_small_matrices(target):
   # Large float32 and all 16-bit leaves reduce their norm with a hypot
   # combiner: under plain jit the partitioner's all-reduce takes that
   # combiner, which XLA:TPU compiles and merges across leaves, so an FSDP
