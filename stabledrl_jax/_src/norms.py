@@ -273,7 +273,7 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
   * every other leaf (larger ones, vectors and scalars, bfloat16 and float16
     at any size), :func:`_hypot_sums`, one single-output reduce per leaf:
     on the GPT-shaped float32 tree it keeps the temp at 0 and XLA:TPU's
-    bytes accessed within 0.35% of optax's on v4, v5e, v5p and v6e, where
+    bytes accessed at most 0.35% above optax's on v4, v5e, v5p and v6e, where
     the variadic form of the two sums cost up to 13.7% more (v5e) and paired
     vectors a temp of 7.9% of the gradient bytes (v5e; ``norm_tpu.txt``).
   """
