@@ -124,8 +124,7 @@ def _variadic_for_float32(leaves: list[jax.Array]) -> jax.Array:
   if narrow:
     total = total + norms._hypot_sums(*narrow)
   if paired:
-    total = total + norms._pairwise_sum(
-        [norms._paired_sums(x) for x in paired], jnp.add)
+    total = total + norms._sums_of_pairs(paired)
   return total
 
 
@@ -135,8 +134,7 @@ def _paired_vectors(leaves: list[jax.Array]) -> jax.Array:
       leaves, lambda x: _wide(x) and x.ndim < 2 and x.size < norms._SMALL_LEAF)
   total = _RELEASED(rest)
   if vectors:
-    total = total + norms._pairwise_sum(
-        [norms._paired_sums(x) for x in vectors], jnp.add)
+    total = total + norms._sums_of_pairs(vectors)
   return total
 
 

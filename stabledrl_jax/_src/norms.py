@@ -107,6 +107,13 @@ def _paired_sums(x: jax.Array) -> jax.Array:
                  ).astype(jnp.float32)
 
 
+def _sums_of_pairs(leaves: list[jax.Array]) -> jax.Array:
+  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``, one paired reduce per leaf."""
+  if not leaves:
+    return jnp.zeros((2,), jnp.float32)
+  return _pairwise_sum([_paired_sums(x) for x in leaves], jnp.add)
+
+
 def _sums_of_variadics(leaves: list[jax.Array]) -> jax.Array:
   """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``, one variadic reduce per leaf."""
   if not leaves:
@@ -285,7 +292,7 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
     (paired if small_matrix else rest).append(x)
   total = _hypot_sums(*rest) if rest else jnp.zeros((2,), jnp.float32)
   if paired:
-    total = total + _pairwise_sum([_paired_sums(x) for x in paired], jnp.add)
+    total = total + _sums_of_pairs(paired)
   return total
 
 
