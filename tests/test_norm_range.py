@@ -3,6 +3,10 @@
 Each case is checked against a float64 NumPy norm written here.
 """
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -269,6 +273,40 @@ def test_hypot_combiner_matches_numpy_over_the_float32_range():
   np.testing.assert_allclose(got, expected, rtol=3e-7)
   for a, b in ((np.nan, 1.0), (1.0, np.nan), (np.nan, np.inf), (0.0, np.nan)):
     assert np.isnan(jax.jit(norms._hypot)(np.float32(a), np.float32(b)))
+
+
+_HYPOT_OVER_THE_RANGE = """
+import jax, numpy as np
+from stabledrl_jax._src import norms
+dtype = np.dtype("{dtype}")
+info, rng = np.finfo(dtype), np.random.default_rng(5)
+a = 2.0 ** rng.uniform(np.log2(info.tiny), np.log2(info.max), 100_000)
+b = np.concatenate([  # pairs far apart in size, and pairs close together
+    2.0 ** rng.uniform(np.log2(info.tiny), np.log2(info.max), 50_000),
+    np.maximum(a[50_000:] * 2.0 ** -rng.uniform(0, 30, 50_000), info.tiny)])
+a, b = a.astype(dtype), b.astype(dtype)
+got = np.asarray(jax.jit(norms._hypot)(a, b))
+assert got.dtype == dtype, got.dtype
+expected = np.hypot(a.astype(np.longdouble), b.astype(np.longdouble))
+with np.errstate(over="ignore"):
+  expected = expected.astype(dtype)
+assert np.array_equal(np.isinf(got), np.isinf(expected))
+finite = np.isfinite(expected)
+worst = np.max(np.abs(got[finite] / expected[finite] - 1)) / info.eps
+assert worst <= 1.0, worst
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_hypot_combiner_is_within_an_epsilon_over_the_normal_range(dtype):
+  # 100,000 random pairs, normal numbers from the smallest to the largest;
+  # float64 leaves (x64 mode) take the same combiner, hence a fresh process.
+  env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-c", _HYPOT_OVER_THE_RANGE.format(dtype=dtype)],
+      env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_hypot_combiner_has_no_drift_over_long_chains():

@@ -221,20 +221,43 @@ def _sums_for_cpu(leaves: list[jax.Array]) -> jax.Array:
   return total
 
 
-def _hypot(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``√(a² + b²)`` of non-negative ``a`` and ``b``, squaring only their
-  ratio (at most 1): no overflow below float32's maximum, no underflow.
+def _exponent_scales(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(2⁻ᴱ, 2ᴱ)`` for non-negative ``x`` of exponent ``E`` (``x = m·2ᴱ``,
+  ``1 ≤ m < 2``), read from ``x``'s exponent bits.
 
-  Written ``big + small·r / (1 + √(1 + r²))`` with ``r = small / big``: the
-  increment is rounded once, onto ``big``, so long chains of it (a reduce)
-  carry no systematic rounding; ``big·√(1 + r²)`` rounds down about half
-  the time, 3.6e-4 of the norm over 25,000 steps. Equal arguments take
-  ``r = 1``, which gives 0 for two zeros and inf for two infs; a NaN goes
-  through ``maximum``.
+  ``E`` is clipped to the normal range less its top, ``[1 - bias, bias - 1]``
+  (``[-126, 126]`` in float32), so that both factors are normal numbers:
+  ``x·2⁻ᴱ`` lies in ``[0, 4)`` for every finite ``x``, and is inf or NaN with
+  ``x``.
   """
-  big, small = jnp.maximum(a, b), jnp.minimum(a, b)
-  ratio = jnp.where(big == small, jnp.ones((), big.dtype), small / big)
-  return big + small * (ratio / (1 + jnp.sqrt(1 + ratio * ratio)))
+  info = jnp.finfo(x.dtype)
+  ints = jnp.int64 if info.bits == 64 else jnp.int32
+  unit = 1 << info.nmant  # 1 in the exponent field
+  twice_bias = 2 * (info.maxexp - 1) * unit  # the field of 2⁰, doubled
+  field = jax.lax.bitcast_convert_type(x, ints) & (((1 << info.nexp) - 1)
+                                                   * unit)
+  down = jnp.clip(twice_bias - field, unit, twice_bias - unit)
+  return (jax.lax.bitcast_convert_type(down, x.dtype),
+          jax.lax.bitcast_convert_type(twice_bias - down, x.dtype))
+
+
+def _hypot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``√(a² + b²)`` of non-negative ``a`` and ``b`` (float32 or float64):
+  no overflow below the dtype's maximum, no underflow.
+
+  Both are multiplied by ``2⁻ᴱ``, ``E`` the larger one's exponent
+  (:func:`_exponent_scales`): exact, and it brings the larger one into
+  ``[1, 4)``, where squaring is safe; the root is multiplied back by ``2ᴱ``.
+  No division: XLA:TPU's cost model charges about as much for this reduce
+  as for optax's sum of squares. Long chains of it (a TPU reduce runs each
+  lane as one) drift as little as a float32 sum of squares: ``(a·2⁻ᴱ)²``
+  rounds both ways, where the textbook ``big·√(1 + r²)``, ``r = small/big``,
+  rounds ``1 + r²`` down and ends 3.6e-4 low over 25,000 steps. inf gives
+  inf, NaN gives NaN.
+  """
+  down, up = _exponent_scales(jnp.maximum(a, b))
+  a, b = a * down, b * down
+  return jnp.sqrt(a * a + b * b) * up
 
 
 @jax.custom_jvp
