@@ -302,8 +302,9 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
     v5e, 1.95x with one hypot reduce per leaf);
   * every other leaf (larger ones, vectors and scalars, bfloat16 and float16
     at any size), :func:`_hypot_sums`, one single-output reduce per leaf:
-    on the GPT-shaped float32 tree it keeps the temp at 0 and XLA:TPU's
-    bytes accessed at most 0.35% above optax's on v4, v5e, v5p and v6e, where
+    on the GPT-shaped float32 tree it keeps the temp at 0, XLA:TPU's fusion
+    cycles below optax's and its bytes accessed at most 0.35% above optax's
+    on v4, v5e, v5p and v6e, where
     the variadic form of the two sums cost up to 13.7% more (v5e) and paired
     vectors a temp of 7.9% of the gradient bytes (v5e; ``norm_tpu.txt``).
   """
