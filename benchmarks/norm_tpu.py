@@ -10,7 +10,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients),
 ``small`` (1000 small float32 matrices) and ``small-vectors`` (1000 small
 float32 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and six more of ours:
+clip, the conditional clip or optax's in front, and seven more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -25,7 +25,9 @@ clip, the conditional clip or optax's in front, and six more of ours:
   sum), added as our balanced tree;
 * ``ours-stacked``: the released reduces, but the leaves' norms stacked into
   one vector and reduced at once, in place of the balanced tree of
-  ``hypot``s.
+  ``hypot``s;
+* ``ours-linear``: the same, the leaves' norms combined as a linear chain
+  (the order in which optax adds its sums).
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -67,7 +69,7 @@ TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
               "v6e": "v6e:2x2"}
 VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-variadic-f32", "ours-paired-vectors", "ours-hypot-all",
-            "ours-plain-f32", "ours-stacked")
+            "ours-plain-f32", "ours-stacked", "ours-linear")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -161,29 +163,48 @@ def _hypot_for_all(leaves: list[jax.Array]) -> jax.Array:
   return norms._hypot_sums(*leaves) if leaves else jnp.zeros((2,), jnp.float32)
 
 
-def _stacked(leaves: list[jax.Array]) -> jax.Array:
-  """The released TPU form with the leaves' norms reduced as one vector."""
+def _leaf_norms(leaves: list[jax.Array]) -> list[jax.Array]:
+  """Each leaf's norm, one hypot reduce per leaf (as the released form)."""
+  return [jax.lax.reduce(jnp.abs(x.astype(norms._sum_dtype(x))),
+                         jnp.zeros((), norms._sum_dtype(x)), norms._hypot,
+                         tuple(range(x.ndim))).astype(jnp.float32)
+          for x in leaves]
+
+
+def _combined(leaves: list[jax.Array], combine) -> jax.Array:
+  """The released TPU form, the leaves' norms combined by ``combine``."""
   paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
                         and x.size < norms._SMALL_LEAF)
   total = norms._sums_of_pairs(paired)
   if rest:
-    leaf_norms = jnp.stack([
-        jax.lax.reduce(jnp.abs(x.astype(norms._sum_dtype(x))),
-                       jnp.zeros((), norms._sum_dtype(x)), norms._hypot,
-                       tuple(range(x.ndim))).astype(jnp.float32)
-        for x in rest])
-    norm = jax.lax.reduce(leaf_norms, jnp.zeros((), jnp.float32),
-                          norms._hypot, (0,))
+    norm = combine(_leaf_norms(rest))
     scaled = norm * norms._scale_factor(jnp.float32)
     total = total + jnp.stack([norm * norm, scaled * scaled])
   return total
+
+
+def _stacked(leaves: list[jax.Array]) -> jax.Array:
+  """The leaves' norms stacked into one vector and reduced at once."""
+  return _combined(leaves, lambda ns: jax.lax.reduce(
+      jnp.stack(ns), jnp.zeros((), jnp.float32), norms._hypot, (0,)))
+
+
+def _linear(leaves: list[jax.Array]) -> jax.Array:
+  """The leaves' norms combined as a chain ``((n0 ⊕ n1) ⊕ n2) ⊕ …``."""
+  def chain(ns):
+    total = ns[0]
+    for n in ns[1:]:
+      total = norms._hypot(total, n)
+    return total
+  return _combined(leaves, chain)
 
 
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-paired-vectors": _paired_vectors,
           "ours-hypot-all": _hypot_for_all,
           "ours-plain-f32": _plain_for_float32,
-          "ours-stacked": _stacked}
+          "ours-stacked": _stacked,
+          "ours-linear": _linear}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:

@@ -31,10 +31,12 @@ Run (in an environment with the compilers, see ``setup_compilers.sh``)::
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from typing import Any, Optional, Sequence
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -153,7 +155,9 @@ def report(target: str, args: argparse.Namespace, num_params: int,
   return "\n".join([
       f"# Whole training step compiled for {target}: GPT-2-shaped model, "
       f"{num_params / 1e6:.1f}M parameters, batch {args.batch}x"
-      f"{args.context} tokens, bfloat16 activations",
+      f"{args.context} tokens, bfloat16 activations"
+      + (f"; our norm in norm_tpu.py's `{args.tpu_form}` form"
+         if args.tpu_form else ""),
       "",
       format_table(results),
       "",
@@ -225,6 +229,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                       help="write train_step_share_<target>.txt here")
   parser.add_argument("--hlo-dir", type=str, default=None,
                       help="also write each optimized program here")
+  parser.add_argument("--tpu-form", type=str, default=None,
+                      help="compile our clip with this TPU form of "
+                      "norm_tpu.py's variants (e.g. ours-linear) in place of "
+                      "the released one; a diagnostic")
   args = parser.parse_args(argv)
   if args.small:
     args.batch, args.context, args.vocab = 2, 64, 512
@@ -235,6 +243,25 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> str:
   """Compiles every target, prints the markdown report and returns it."""
   args = parse_args(argv)
+  with contextlib.ExitStack() as stack:
+    if args.tpu_form:
+      stack.enter_context(_tpu_form(args.tpu_form))
+    return _compile_and_report(args)
+
+
+def _tpu_form(name: str) -> contextlib.AbstractContextManager[Any]:
+  """Patches the library's TPU form of the norm with ``norm_tpu.py``'s."""
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+  from benchmarks import norm_tpu  # pylint: disable=g-import-not-at-top
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  if name not in norm_tpu._FORMS:  # pylint: disable=protected-access
+    raise ValueError(f"--tpu-form must be one of "
+                     f"{sorted(norm_tpu._FORMS)}, got {name!r}")  # pylint: disable=protected-access
+  return mock.patch.object(norms, "_sums_for_tpu", norm_tpu._FORMS[name])  # pylint: disable=protected-access
+
+
+def _compile_and_report(args: argparse.Namespace) -> str:
   texts = []
   for target in args.target:
     start = time.perf_counter()
