@@ -103,6 +103,18 @@ def test_float32_gpt_tree_moves_at_most_optax_hbm_traffic(target):
   assert accessed(ours) <= 1.005 * accessed(optax_clip)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("tree", ["gpt", "gpt-bf16"])
+def test_gpt_trees_cost_at_most_optax_fusion_cycles(target, tree):
+  # XLA:TPU's cycle estimate of each fusion, summed: the hypot combiner with
+  # two divisions cost 0.5-0.7% more than optax's sums of squares on v5e; the
+  # division-free one is below optax's on every generation (norm_tpu.txt).
+  ours = compiled_step(target, tree, "ours").as_text()
+  optax_clip = compiled_step(target, tree, "optax").as_text()
+  assert (hlo_traffic.estimated_cycles(ours)
+          <= hlo_traffic.estimated_cycles(optax_clip)), (target, tree)
+
+
 def test_leaves_sorted_by_size_keep_temp_low():
   # Summing the per-leaf results as a chain let XLA:TPU run every reduction
   # first and keep their partial results alive; ordering the leaves by size
