@@ -163,23 +163,18 @@ def _hypot_for_all(leaves: list[jax.Array]) -> jax.Array:
   return norms._hypot_sums(*leaves) if leaves else jnp.zeros((2,), jnp.float32)
 
 
-def _leaf_norms(leaves: list[jax.Array]) -> list[jax.Array]:
-  """Each leaf's norm, one hypot reduce per leaf (as the released form)."""
-  return [jax.lax.reduce(jnp.abs(x.astype(norms._sum_dtype(x))),
-                         jnp.zeros((), norms._sum_dtype(x)), norms._hypot,
-                         tuple(range(x.ndim))).astype(jnp.float32)
-          for x in leaves]
-
-
 def _combined(leaves: list[jax.Array], combine) -> jax.Array:
-  """The released TPU form, the leaves' norms combined by ``combine``."""
+  """The released TPU form, the hypot-reduced leaves' norms (float32
+  scalars) combined into one by ``combine``; the ``[2]`` sums."""
   paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
                         and x.size < norms._SMALL_LEAF)
-  total = norms._sums_of_pairs(paired)
+  total = jnp.zeros((2,), jnp.float32)
   if rest:
-    norm = combine(_leaf_norms(rest))
+    norm = combine([norms._leaf_norm(x) for x in rest])
     scaled = norm * norms._scale_factor(jnp.float32)
-    total = total + jnp.stack([norm * norm, scaled * scaled])
+    total = jnp.stack([norm * norm, scaled * scaled])
+  if paired:
+    total = total + norms._sums_of_pairs(paired)
   return total
 
 

@@ -28,6 +28,10 @@ Run (in an environment with the compilers, see ``setup_compilers.sh``)::
     python benchmarks/train_step_share.py --target tpu-v5e tpu-v4 \\
         --out-dir benchmarks/results
     python benchmarks/train_step_share.py --target cpu --small   # a quick check
+
+``--tpu-form NAME`` compiles our clip with one of ``norm_tpu.py``'s forms of
+the norm in place of the released one (a diagnostic; with ``--out-dir`` the
+file is ``train_step_share_<target>-NAME.txt``).
 """
 
 import argparse
@@ -157,7 +161,7 @@ def report(target: str, args: argparse.Namespace, num_params: int,
       f"{num_params / 1e6:.1f}M parameters, batch {args.batch}x"
       f"{args.context} tokens, bfloat16 activations"
       + (f"; our norm in norm_tpu.py's `{args.tpu_form}` form"
-         if args.tpu_form else ""),
+         if args.tpu_form and target.startswith("tpu") else ""),
       "",
       format_table(results),
       "",
@@ -267,7 +271,9 @@ def _compile_and_report(args: argparse.Namespace) -> str:
     start = time.perf_counter()
     path = None
     if args.out_dir:
-      path = os.path.join(args.out_dir, f"train_step_share_{target}.txt")
+      form = f"-{args.tpu_form}" if args.tpu_form else ""
+      path = os.path.join(args.out_dir,
+                          f"train_step_share_{target}{form}.txt")
     num_params, results = compile_steps(target, args, path)
     text = report(target, args, num_params, results, start)
     print(text, flush=True)

@@ -108,11 +108,13 @@ def test_float32_gpt_tree_moves_at_most_optax_hbm_traffic(target):
 def test_gpt_trees_cost_at_most_optax_fusion_cycles(target, tree):
   # XLA:TPU's cycle estimate of each fusion, summed: the hypot combiner with
   # two divisions cost 0.5-0.7% more than optax's sums of squares on v5e; the
-  # division-free one is below optax's on every generation (norm_tpu.txt).
-  ours = compiled_step(target, tree, "ours").as_text()
-  optax_clip = compiled_step(target, tree, "optax").as_text()
-  assert (hlo_traffic.estimated_cycles(ours)
-          <= hlo_traffic.estimated_cycles(optax_clip)), (target, tree)
+  # division-free one is below optax's on every generation
+  # (clip_overhead_tpu-*.txt).
+  ours = hlo_traffic.estimated_cycles(
+      compiled_step(target, tree, "ours").as_text())
+  optax_clip = hlo_traffic.estimated_cycles(
+      compiled_step(target, tree, "optax").as_text())
+  assert 0 < ours <= optax_clip, (target, tree, ours, optax_clip)
 
 
 def test_leaves_sorted_by_size_keep_temp_low():

@@ -243,21 +243,30 @@ def _exponent_scales(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _hypot(a: jax.Array, b: jax.Array) -> jax.Array:
   """``√(a² + b²)`` of non-negative ``a`` and ``b`` (float32 or float64):
-  no overflow below the dtype's maximum, no underflow.
+  no overflow below the dtype's maximum, no underflow that changes it.
 
   Both are multiplied by ``2⁻ᴱ``, ``E`` the larger one's exponent
-  (:func:`_exponent_scales`): exact, and it brings the larger one into
+  (:func:`_exponent_scales`): exact, and it brings a normal larger one into
   ``[1, 4)``, where squaring is safe; the root is multiplied back by ``2ᴱ``.
-  No division: XLA:TPU's cost model charges about as much for this reduce
-  as for optax's sum of squares. Long chains of it (a TPU reduce runs each
-  lane as one) drift as little as a float32 sum of squares: ``(a·2⁻ᴱ)²``
-  rounds both ways, where the textbook ``big·√(1 + r²)``, ``r = small/big``,
-  rounds ``1 + r²`` down and ends 3.6e-4 low over 25,000 steps. inf gives
+  No division: with it XLA:TPU estimates fewer fusion cycles for the clip
+  than for optax's (``benchmarks/results/norm_tpu.txt``). A chain of 25,000
+  combines (a TPU reduce runs each lane as one) stays within 2e-5 of the
+  norm: ``(a·2⁻ᴱ)²`` rounds both ways, where the textbook ``big·√(1 + r²)``,
+  ``r = small/big``, rounds ``1 + r²`` down and ends 3.6e-4 low. inf gives
   inf, NaN gives NaN.
   """
   down, up = _exponent_scales(jnp.maximum(a, b))
   a, b = a * down, b * down
   return jnp.sqrt(a * a + b * b) * up
+
+
+def _leaf_norm(x: jax.Array) -> jax.Array:
+  """``‖x‖`` as a float32 scalar: one single-output reduce of ``|x|`` whose
+  combiner is :func:`_hypot`."""
+  dtype = _sum_dtype(x)
+  norm = jax.lax.reduce(jnp.abs(x.astype(dtype)), jnp.zeros((), dtype),
+                        _hypot, tuple(range(x.ndim)))
+  return norm.astype(jnp.float32)
 
 
 @jax.custom_jvp
@@ -269,13 +278,7 @@ def _hypot_sums(*leaves: jax.Array) -> jax.Array:
   nothing overflows); the leaves' norms are combined with :func:`_hypot` too,
   and the two sums are formed from that one norm.
   """
-  norms = []
-  for x in leaves:
-    dtype = _sum_dtype(x)
-    norm = jax.lax.reduce(jnp.abs(x.astype(dtype)), jnp.zeros((), dtype),
-                          _hypot, tuple(range(x.ndim)))
-    norms.append(norm.astype(jnp.float32))
-  norm = _pairwise_sum(norms, _hypot)
+  norm = _pairwise_sum([_leaf_norm(x) for x in leaves], _hypot)
   scaled = norm * _scale_factor(jnp.float32)
   return jnp.stack([norm * norm, scaled * scaled])
 
