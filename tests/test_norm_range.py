@@ -284,7 +284,6 @@ a = 2.0 ** rng.uniform(np.log2(info.tiny), np.log2(info.max), 100_000)
 b = np.concatenate([  # pairs far apart in size, and pairs close together
     2.0 ** rng.uniform(np.log2(info.tiny), np.log2(info.max), 50_000),
     np.maximum(a[50_000:] * 2.0 ** -rng.uniform(0, 30, 50_000), info.tiny)])
-a, b = a.astype(dtype), b.astype(dtype)
 special = np.array([0, 0, 1, np.inf, np.inf, np.nan, np.nan, info.max], dtype)
 a = np.concatenate([a.astype(dtype), special])
 b = np.concatenate([b.astype(dtype), special[[1, 2, 3, 4, 2, 2, 6, 7]]])
