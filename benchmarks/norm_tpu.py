@@ -170,9 +170,8 @@ def _combined(leaves: list[jax.Array], combine) -> jax.Array:
                         and x.size < norms._SMALL_LEAF)
   total = jnp.zeros((2,), jnp.float32)
   if rest:
-    norm = combine([norms._leaf_norm(x) for x in rest])
-    scaled = norm * norms._scale_factor(jnp.float32)
-    total = jnp.stack([norm * norm, scaled * scaled])
+    total = norms._sums_from_norm(
+        combine([norms._leaf_norm(x) for x in rest]))
   if paired:
     total = total + norms._sums_of_pairs(paired)
   return total

@@ -269,6 +269,12 @@ def _leaf_norm(x: jax.Array) -> jax.Array:
   return norm.astype(jnp.float32)
 
 
+def _sums_from_norm(norm: jax.Array) -> jax.Array:
+  """``[‖x‖², (‖x‖·2⁻⁸⁸)²]`` from a float32 norm: the two sums."""
+  scaled = norm * _scale_factor(jnp.float32)
+  return jnp.stack([norm * norm, scaled * scaled])
+
+
 @jax.custom_jvp
 def _hypot_sums(*leaves: jax.Array) -> jax.Array:
   """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``, from each leaf's norm.
@@ -278,9 +284,8 @@ def _hypot_sums(*leaves: jax.Array) -> jax.Array:
   nothing overflows); the leaves' norms are combined with :func:`_hypot` too,
   and the two sums are formed from that one norm.
   """
-  norm = _pairwise_sum([_leaf_norm(x) for x in leaves], _hypot)
-  scaled = norm * _scale_factor(jnp.float32)
-  return jnp.stack([norm * norm, scaled * scaled])
+  return _sums_from_norm(_pairwise_sum([_leaf_norm(x) for x in leaves],
+                                       _hypot))
 
 
 @_hypot_sums.defjvp
