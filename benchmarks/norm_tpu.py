@@ -10,7 +10,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients),
 ``small`` (1000 small float32 matrices) and ``small-vectors`` (1000 small
 float32 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and seven more of ours:
+clip, the conditional clip or optax's in front, and eight more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -23,9 +23,11 @@ clip, the conditional clip or optax's in front, and seven more of ours:
 * ``ours-plain-f32``: a reference, not overflow-safe: one float32 sum of
   squares per float32 leaf of 64K elements or more (optax's single-output
   sum), added as our balanced tree;
-* ``ours-stacked``: the released reduces, but the leaves' norms stacked into
-  one vector and reduced at once, in place of the balanced tree of
-  ``hypot``s;
+* ``ours-hypot-tree``: the released reduces, but the leaves' norms combined
+  into one by a balanced tree of ``hypot``s (the form before 0.2.0's two
+  balanced trees of their squares);
+* ``ours-stacked``: the same, the leaves' norms stacked into one vector and
+  reduced at once in place of that tree;
 * ``ours-linear``: the same, the leaves' norms combined as a linear chain
   (the order in which optax adds its sums).
 
@@ -69,7 +71,8 @@ TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
               "v6e": "v6e:2x2"}
 VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-variadic-f32", "ours-paired-vectors", "ours-hypot-all",
-            "ours-plain-f32", "ours-stacked", "ours-linear")
+            "ours-plain-f32", "ours-hypot-tree", "ours-stacked",
+            "ours-linear")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -164,17 +167,24 @@ def _hypot_for_all(leaves: list[jax.Array]) -> jax.Array:
 
 
 def _combined(leaves: list[jax.Array], combine) -> jax.Array:
-  """The released TPU form, the hypot-reduced leaves' norms (float32
-  scalars) combined into one by ``combine``; the ``[2]`` sums."""
+  """The released TPU form, but the hypot-reduced leaves' norms (float32
+  scalars) combined into one norm ``n`` by ``combine``; the ``[2]`` sums
+  are ``[n², (n·2⁻⁸⁸)²]``."""
   paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
                         and x.size < norms._SMALL_LEAF)
   total = jnp.zeros((2,), jnp.float32)
   if rest:
-    total = norms._sums_from_norm(
-        combine([norms._leaf_norm(x) for x in rest]))
+    norm = combine([norms._leaf_norm(x) for x in rest])
+    scaled = norm * norms._scale_factor(jnp.float32)
+    total = jnp.stack([norm * norm, scaled * scaled])
   if paired:
     total = total + norms._sums_of_pairs(paired)
   return total
+
+
+def _hypot_tree(leaves: list[jax.Array]) -> jax.Array:
+  """The leaves' norms combined by a balanced tree of ``hypot``s."""
+  return _combined(leaves, lambda ns: norms._pairwise_sum(ns, norms._hypot))
 
 
 def _stacked(leaves: list[jax.Array]) -> jax.Array:
@@ -197,6 +207,7 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-paired-vectors": _paired_vectors,
           "ours-hypot-all": _hypot_for_all,
           "ours-plain-f32": _plain_for_float32,
+          "ours-hypot-tree": _hypot_tree,
           "ours-stacked": _stacked,
           "ours-linear": _linear}
 
