@@ -330,7 +330,7 @@ def test_norm_tpu_reference_forms_give_the_norm():
     return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2)
                              for x in xs)))
   safe = (norm_tpu._variadic_for_float32, norm_tpu._paired_vectors,
-          norm_tpu._hypot_for_all, norm_tpu._stacked,
+          norm_tpu._hypot_for_all, norm_tpu._hypot_tree, norm_tpu._stacked,
           norm_tpu._linear)
   for form in safe + (norm_tpu._plain_for_float32,):
     np.testing.assert_allclose(norm(form, leaves), expected(leaves), rtol=1e-5)

@@ -315,7 +315,7 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
     cycles below optax's and its bytes accessed at most 0.35% above optax's
     on v4, v5e, v5p and v6e, where
     the variadic form of the two sums cost up to 13.7% more (v5e) and paired
-    vectors a temp of 7.9% of the gradient bytes (v5e; ``norm_tpu.txt``).
+    vectors a temp of 8.0% of the gradient bytes (v5e; ``norm_tpu.txt``).
   """
   paired: list[jax.Array] = []
   rest: list[jax.Array] = []
