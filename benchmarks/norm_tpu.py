@@ -24,7 +24,7 @@ clip, the conditional clip or optax's in front, and eight more of ours:
   squares per float32 leaf of 64K elements or more (optax's single-output
   sum), added as our balanced tree;
 * ``ours-hypot-tree``: the released reduces, but the leaves' norms combined
-  into one by a balanced tree of ``hypot``s (the form before 0.2.0's two
+  into one by a balanced tree of ``hypot``s (the form before the two
   balanced trees of their squares);
 * ``ours-stacked``: the same, the leaves' norms stacked into one vector and
   reduced at once in place of that tree;

@@ -277,8 +277,8 @@ def _hypot_sums(*leaves: jax.Array) -> jax.Array:
   combiner is :func:`_hypot` (the float32 accumulator holds a norm, never a
   square, so nothing overflows). The leaves then add ``n²`` and
   ``(n·2⁻⁸⁸)²`` in two balanced trees of float32 scalars: five scalar ops
-  per leaf, where combining the norms with :func:`_hypot` took about sixteen,
-  each of which XLA:TPU charges in bytes accessed (1000 vectors:
+  per leaf (a tree of :func:`_hypot` over the norms takes about sixteen),
+  and XLA:TPU charges each in bytes accessed (1000 vectors:
   ``benchmarks/results/norm_tpu_small.txt``).
   """
   leaf_norms = [_leaf_norm(x) for x in leaves]
