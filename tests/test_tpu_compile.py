@@ -119,10 +119,11 @@ def test_gpt_trees_cost_at_most_optax_fusion_cycles(target, tree):
 
 def test_many_small_vectors_cost_few_scalar_ops():
   # Each leaf's norm is a scalar; the ops that add them up stay outside the
-  # fusions, and XLA:TPU charges each its bytes. Combined as a balanced tree
-  # of hypots (about sixteen ops a leaf), 100 vectors of 1K-2K elements cost
-  # 1.36x AdamW alone's bytes accessed; their squares in two balanced trees
-  # (five a leaf) 1.19x; optax 1.12x (norm_tpu_small.txt has 1000 vectors).
+  # fusions, and XLA:TPU charges each its bytes. With 1000 vectors of 1K-2K
+  # elements (norm_tpu_small.txt) a balanced tree of hypots over the norms
+  # (about sixteen ops a leaf) costs 1.362x AdamW alone's bytes accessed,
+  # their squares in two balanced trees (five a leaf) 1.192x, optax 1.120x;
+  # 100 vectors keep the compiles short.
   shapes = norm_tpu.small_vector_shapes(100)
   device = first_device("v5e")
   accessed = lambda variant: float(norm_tpu.compile_step(
