@@ -8,9 +8,10 @@ and the sum of its fusions' ``estimated_cycles``, and the number of
 ``conditional`` ops. Ratios are to AdamW alone; temp is also given as a
 fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients),
-``small`` (1000 small float32 matrices) and ``small-vectors`` (1000 small
-float32 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and eight more of ours:
+``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
+(1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
+vectors). Variants: AdamW alone, with our
+clip, the conditional clip or optax's in front, and nine more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -20,6 +21,8 @@ clip, the conditional clip or optax's in front, and eight more of ours:
 * ``ours-paired-vectors``: the released form, but float32 vectors under 64K
   elements reduced in pairs like the small matrices;
 * ``ours-hypot-all``: the hypot reduce for every leaf, small matrices too;
+* ``ours-pair-each``: one paired reduce per small float32 matrix, where the
+  released form reduces up to eight of the same shape at once;
 * ``ours-plain-f32``: a reference, not overflow-safe: one float32 sum of
   squares per float32 leaf of 64K elements or more (optax's single-output
   sum), added as our balanced tree;
@@ -72,7 +75,7 @@ TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
 VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-variadic-f32", "ours-paired-vectors", "ours-hypot-all",
             "ours-plain-f32", "ours-hypot-tree", "ours-stacked",
-            "ours-linear")
+            "ours-linear", "ours-pair-each")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -92,6 +95,12 @@ def small_vector_shapes(num_leaves: int = 1000
   return {f"leaf{i:04d}": (1024 + 256 * (i % 5),) for i in range(num_leaves)}
 
 
+def square_shapes(num_leaves: int = 1000) -> dict[str, tuple[int, ...]]:
+  """``num_leaves`` matrices of 64x64, the small-leaves tree of
+  ``clip_overhead.py``."""
+  return {f"leaf{i:04d}": (64, 64) for i in range(num_leaves)}
+
+
 def tree_spec(name: str) -> tuple[dict[str, tuple[int, ...]], Any]:
   """Leaf shapes and gradient dtype of a named tree."""
   if name == "gpt":
@@ -102,6 +111,8 @@ def tree_spec(name: str) -> tuple[dict[str, tuple[int, ...]], Any]:
     return small_shapes(), jnp.float32
   if name == "small-vectors":
     return small_vector_shapes(), jnp.float32
+  if name == "small-square":
+    return square_shapes(), jnp.float32
   raise ValueError(f"unknown tree {name!r}")
 
 
@@ -137,12 +148,14 @@ def _variadic_for_float32(leaves: list[jax.Array]) -> jax.Array:
 
 
 def _paired_vectors(leaves: list[jax.Array]) -> jax.Array:
-  """The released TPU form with small float32 vectors paired too."""
+  """The released TPU form with small float32 vectors paired too, one
+  paired reduce per vector."""
   vectors, rest = _split(
       leaves, lambda x: _wide(x) and x.ndim < 2 and x.size < norms._SMALL_LEAF)
   total = _RELEASED(rest)
   if vectors:
-    total = total + norms._sums_of_pairs(vectors)
+    total = total + norms._pairwise_sum(
+        [norms._paired_sums(x) for x in vectors], jnp.add)
   return total
 
 
@@ -158,6 +171,19 @@ def _plain_for_float32(leaves: list[jax.Array]) -> jax.Array:
         [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in large], jnp.add)
     scale = norms._scale_factor(jnp.float32)
     total = total + jnp.stack([plain, plain * scale * scale])
+  return total
+
+
+def _pair_each(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form, but one paired reduce per small float32 matrix
+  (before same-shaped ones shared a reduce)."""
+  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
+                        and x.size < norms._SMALL_LEAF)
+  total = (norms._hypot_sums(*rest) if rest
+           else jnp.zeros((2,), jnp.float32))
+  if paired:
+    total = total + norms._pairwise_sum(
+        [norms._paired_sums(x) for x in paired], jnp.add)
   return total
 
 
@@ -209,7 +235,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-plain-f32": _plain_for_float32,
           "ours-hypot-tree": _hypot_tree,
           "ours-stacked": _stacked,
-          "ours-linear": _linear}
+          "ours-linear": _linear,
+          "ours-pair-each": _pair_each}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:

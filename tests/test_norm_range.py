@@ -387,9 +387,9 @@ def test_tpu_form_pairs_only_small_float32_matrices(monkeypatch):
     hypot_shapes.extend((str(x.dtype), x.shape) for x in leaves)
     return original_hypot(*leaves)
 
-  def recording_paired(x):
-    paired_shapes.append((str(x.dtype), x.shape))
-    return original_paired(x)
+  def recording_paired(*xs):
+    paired_shapes.append([(str(x.dtype), x.shape) for x in xs])
+    return original_paired(*xs)
 
   monkeypatch.setattr(norms, "_hypot_sums", recording_hypot)
   monkeypatch.setattr(norms, "_paired_sums", recording_paired)
@@ -403,7 +403,7 @@ def test_tpu_form_pairs_only_small_float32_matrices(monkeypatch):
   norm_of = lambda ls: norms._norm_from_sums(*norms._sums_for_tpu(ls))
   np.testing.assert_allclose(float(jax.jit(norm_of)(leaves)), np_norm(leaves),
                              rtol=1e-5)
-  assert paired_shapes == [("float32", (8, 8))]
+  assert paired_shapes == [[("float32", (8, 8))]]
   assert hypot_shapes == [("float32", (300, 300)), ("float32", (700,)),
                           ("float32", ()), ("bfloat16", (300, 40)),
                           ("float16", (50,))]
@@ -412,6 +412,38 @@ def test_tpu_form_pairs_only_small_float32_matrices(monkeypatch):
     np.testing.assert_allclose(
         np.asarray(g, np.float64),
         np.asarray(leaf, np.float64) / np_norm(leaves), rtol=1e-2, atol=1e-6)
+
+
+def test_tpu_form_reduces_same_shaped_small_matrices_in_groups(monkeypatch):
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  groups = []
+  original_paired = norms._paired_sums
+
+  def recording_paired(*xs):
+    groups.append([x.shape for x in xs])
+    return original_paired(*xs)
+
+  monkeypatch.setattr(norms, "_paired_sums", recording_paired)
+  rng = np.random.default_rng(6)
+  # 19 leaves of 8x8 (groups of 8, 8 and 3) between 3 of 4x16; one leaf's
+  # squares overflow float32, so the norm comes from the scaled sums.
+  leaves = [jnp.asarray(rng.normal(size=(8, 8)) * 10.0**(i - 9), jnp.float32)
+            for i in range(19)]
+  leaves[4:4] = [jnp.asarray(rng.normal(size=(4, 16)), jnp.float32)
+                 for _ in range(3)]
+  leaves[7] = jnp.full((8, 8), 3e19, jnp.float32)
+  norm_of = lambda ls: norms._norm_from_sums(*norms._sums_for_tpu(ls))
+  np.testing.assert_allclose(float(jax.jit(norm_of)(leaves)), np_norm(leaves),
+                             rtol=1e-6)
+  assert groups == [[(8, 8)] * 8, [(8, 8)] * 8, [(8, 8)] * 3, [(4, 16)] * 3]
+  small = [jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)
+           for _ in range(11)]
+  np.testing.assert_allclose(float(jax.jit(norm_of)(small)), np_norm(small),
+                             rtol=1e-6)
+  grads = jax.jit(jax.grad(norm_of))(small)
+  for g, leaf in zip(grads, small):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(leaf) / np_norm(small),
+                               rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

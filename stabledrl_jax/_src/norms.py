@@ -96,22 +96,42 @@ def _variadic_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return plain.astype(jnp.float32), small.astype(jnp.float32)
 
 
-def _paired_sums(x: jax.Array) -> jax.Array:
-  """Both sums of ``x`` as a ``[2]`` vector: one reduce of ``x`` broadcast to
-  ``(2, *x.shape)``, a single-output reduction."""
-  dtype = _sum_dtype(x)
-  pair = jnp.broadcast_to(x.astype(dtype), (2, *x.shape))
-  first = jax.lax.broadcasted_iota(jnp.int32, pair.shape, 0) == 0
-  pair = pair * jnp.where(first, jnp.ones((), dtype), _scale_factor(dtype))
-  return jnp.sum(pair * pair, axis=tuple(range(1, pair.ndim))
+def _paired_sums(*xs: jax.Array) -> jax.Array:
+  """Both sums over same-shaped ``xs`` as a ``[2]`` vector: each broadcast to
+  ``(2, *shape)`` and scaled by ``[1, 2⁻⁸⁸]`` along the new axis, their
+  squares added element by element, then one single-output reduction."""
+  dtype = _sum_dtype(xs[0])
+  shape = (2, *xs[0].shape)
+  first = jax.lax.broadcasted_iota(jnp.int32, shape, 0) == 0
+  scale = jnp.where(first, jnp.ones((), dtype), _scale_factor(dtype))
+  squares = None
+  for x in xs:
+    pair = jnp.broadcast_to(x.astype(dtype), shape) * scale
+    squares = pair * pair if squares is None else squares + pair * pair
+  return jnp.sum(squares, axis=tuple(range(1, len(shape)))
                  ).astype(jnp.float32)
 
 
+# Same-shaped leaves reduced together by :func:`_sums_of_pairs`, at most.
+_GROUP = 8
+
+
+def _same_shape_groups(leaves: list[jax.Array]) -> list[list[jax.Array]]:
+  """``leaves`` grouped by shape and dtype, ``_GROUP`` at most in a group."""
+  by_shape: dict[tuple[Any, ...], list[jax.Array]] = {}
+  for x in leaves:
+    by_shape.setdefault((x.shape, x.dtype), []).append(x)
+  return [xs[i:i + _GROUP] for xs in by_shape.values()
+          for i in range(0, len(xs), _GROUP)]
+
+
 def _sums_of_pairs(leaves: list[jax.Array]) -> jax.Array:
-  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``, one paired reduce per leaf."""
+  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``: one paired reduce per group of
+  up to ``_GROUP`` same-shaped leaves (:func:`_paired_sums`)."""
   if not leaves:
     return jnp.zeros((2,), jnp.float32)
-  return _pairwise_sum([_paired_sums(x) for x in leaves], jnp.add)
+  return _pairwise_sum([_paired_sums(*xs)
+                        for xs in _same_shape_groups(leaves)], jnp.add)
 
 
 def _sums_of_variadics(leaves: list[jax.Array]) -> jax.Array:
