@@ -337,7 +337,9 @@ def main() -> None:
   parser.add_argument("--targets", nargs="+", default=["v5e", "v5p"],
                       choices=sorted(TOPOLOGIES))
   parser.add_argument("--trees", nargs="+", default=["gpt", "gpt-bf16",
-                                                      "small"])
+                                                      "small"],
+                      choices=["gpt", "gpt-bf16", "small", "small-square",
+                               "small-vectors"])
   parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
                       choices=VARIANTS)
   parser.add_argument("--out", default=None)
