@@ -11,7 +11,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and nine more of ours:
+clip, the conditional clip or optax's in front, and ten more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -19,7 +19,9 @@ clip, the conditional clip or optax's in front, and nine more of ours:
   leaves: one variadic (two-output) reduce per float32 leaf of 64K elements
   or more, paired reductions for smaller float32 leaves of any rank;
 * ``ours-paired-vectors``: the released form, but float32 vectors under 64K
-  elements reduced in pairs like the small matrices;
+  elements reduced in pairs, one paired reduce per vector;
+* ``ours-grouped-vectors``: the same, up to eight vectors of the same shape
+  in one paired reduce, as the released form does with small matrices;
 * ``ours-hypot-all``: the hypot reduce for every leaf, small matrices too;
 * ``ours-pair-each``: one paired reduce per small float32 matrix, where the
   released form reduces up to eight of the same shape at once;
@@ -75,7 +77,7 @@ TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
 VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-variadic-f32", "ours-paired-vectors", "ours-hypot-all",
             "ours-plain-f32", "ours-hypot-tree", "ours-stacked",
-            "ours-linear", "ours-pair-each")
+            "ours-linear", "ours-pair-each", "ours-grouped-vectors")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -174,6 +176,17 @@ def _plain_for_float32(leaves: list[jax.Array]) -> jax.Array:
   return total
 
 
+def _grouped_vectors(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form with small float32 vectors paired too, up to
+  eight of the same shape in one reduce, like the small matrices."""
+  vectors, rest = _split(
+      leaves, lambda x: _wide(x) and x.ndim < 2 and x.size < norms._SMALL_LEAF)
+  total = _RELEASED(rest)
+  if vectors:
+    total = total + norms._sums_of_pairs(vectors)
+  return total
+
+
 def _pair_each(leaves: list[jax.Array]) -> jax.Array:
   """The released TPU form, but one paired reduce per small float32 matrix
   (before same-shaped ones shared a reduce)."""
@@ -236,7 +249,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-hypot-tree": _hypot_tree,
           "ours-stacked": _stacked,
           "ours-linear": _linear,
-          "ours-pair-each": _pair_each}
+          "ours-pair-each": _pair_each,
+          "ours-grouped-vectors": _grouped_vectors}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
