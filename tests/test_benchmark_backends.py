@@ -321,6 +321,8 @@ def test_norm_tpu_reference_forms_give_the_norm():
   leaves = [rng.standard_normal((300, 256)).astype(np.float32),  # large
             rng.standard_normal((512, 160)).astype(np.float32),  # large
             rng.standard_normal((512,)).astype(np.float32),      # small
+            rng.standard_normal((512,)).astype(np.float32),
+            rng.standard_normal((64, 32)).astype(np.float32),
             rng.standard_normal((64, 32)).astype(np.float32),
             jnp.asarray(rng.standard_normal((300, 256)), jnp.bfloat16)]
   def norm(form, xs):
@@ -331,10 +333,10 @@ def test_norm_tpu_reference_forms_give_the_norm():
                              for x in xs)))
   safe = (norm_tpu._variadic_for_float32, norm_tpu._paired_vectors,
           norm_tpu._hypot_for_all, norm_tpu._hypot_tree, norm_tpu._stacked,
-          norm_tpu._linear)
+          norm_tpu._linear, norm_tpu._pair_each, norm_tpu._grouped_vectors)
   for form in safe + (norm_tpu._plain_for_float32,):
     np.testing.assert_allclose(norm(form, leaves), expected(leaves), rtol=1e-5)
-  huge = [x * 1e20 for x in leaves[:4]]
+  huge = [x * 1e20 for x in leaves[:6]]
   for form in safe:
     np.testing.assert_allclose(norm(form, huge), expected(huge), rtol=1e-5)
   assert norm(norm_tpu._plain_for_float32, huge) == np.inf
