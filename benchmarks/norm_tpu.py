@@ -145,7 +145,8 @@ def _variadic_for_float32(leaves: list[jax.Array]) -> jax.Array:
   if narrow:
     total = total + norms._hypot_sums(*narrow)
   if paired:
-    total = total + norms._sums_of_pairs(paired)
+    total = total + norms._pairwise_sum(
+        [norms._paired_sums(x) for x in paired], jnp.add)
   return total
 
 

@@ -259,7 +259,8 @@ def test_same_shaped_small_matrices_cost_at_most_optax_bytes():
   # Small float32 matrices take paired reduces. One per leaf, 1000 leaves of
   # 64x64 cost 1.109x AdamW alone's bytes accessed on v5p against optax's
   # 1.098x; up to eight of the same shape in one reduce bring it below
-  # optax's (norm_tpu_square.txt). 500 leaves keep the compiles short.
+  # optax's (norm_tpu_square.txt). 500 leaves keep the compiles short; v5p,
+  # since on v5e and v4 one reduce per leaf is not above optax's either.
   shapes = norm_tpu.square_shapes(500)
   device = first_device("v5p")
   accessed = lambda variant: float(norm_tpu.compile_step(
@@ -267,3 +268,38 @@ def test_same_shaped_small_matrices_cost_at_most_optax_bytes():
   optax_clip = accessed("optax")
   assert accessed("ours") <= optax_clip
   assert accessed("ours-pair-each") > optax_clip  # the test can tell
+
+
+def test_same_shaped_small_matrices_split_differently(monkeypatch):
+  # Grouped small matrices are added element by element before their
+  # reduce, so under plain jit XLA's partitioner first lays them out alike:
+  # 8 leaves of 64x64 split alternately over the rows and the columns of one
+  # axis take 4 all-to-alls more than with one reduce per leaf
+  # (docs/norm_on_tpu.md, "Open"). shard_map with partition_specs adds
+  # each device's own blocks: none.
+  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
+  mesh = sixteen_chip_mesh("v5e")
+  shapes = {f"s{i}": (64, 64) for i in range(8)}
+  specs = {k: P(None, "model") if i % 2 else P("model", None)
+           for i, k in enumerate(shapes)}
+
+  def plain_jit_all_to_alls():
+    tx = sdrl.unconditional_clip(1.0)
+    grads, state = sharded_update_args(tx, mesh, shapes, specs)
+    text = jax.jit(tx.update).lower(grads, state).compile().as_text()
+    return hlo_traffic.count_ops(text, "all-to-all")
+
+  grouped = plain_jit_all_to_alls()
+  monkeypatch.setattr(norms, "_GROUP", 1)
+  jax.clear_caches()
+  assert (grouped, plain_jit_all_to_alls()) == (5, 1)
+  monkeypatch.undo()
+  jax.clear_caches()
+  tx = sdrl.unconditional_clip(1.0, partition_specs=specs)
+  grads, state = sharded_update_args(tx, mesh, shapes, specs)
+  state_specs = jax.tree.map(lambda _: P(), state)
+  fn = jax.shard_map(tx.update, mesh=mesh, in_specs=(specs, state_specs),
+                     out_specs=(specs, state_specs))
+  text = jax.jit(fn).lower(grads, state).compile().as_text()
+  assert hlo_traffic.count_ops(text, "all-to-all") == 0
+  assert hlo_traffic.count_ops(text, "all-reduce") == 1

@@ -1,8 +1,9 @@
 """Float32 global norms, exact on one device, under pmap/shard_map and across processes.
 
-Each leaf's sum of squares (on TPU, for most leaves, its norm) is
-accumulated in at least float32 before anything is added across leaves or
-devices, so low-precision trees neither overflow (an fp16
+Each leaf's sum of squares (on TPU, for most leaves, its norm; small float32
+matrices of one shape share one, up to eight) is accumulated in at least
+float32 before anything else is added across leaves or devices, so
+low-precision trees neither overflow (an fp16
 tree of 300s) nor lose mass to rounding (a thousand bf16 leaves of 1.0).
 
 Three ways to say how a tree is laid out over devices:
@@ -97,9 +98,10 @@ def _variadic_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _paired_sums(*xs: jax.Array) -> jax.Array:
-  """Both sums over same-shaped ``xs`` as a ``[2]`` vector: each broadcast to
-  ``(2, *shape)`` and scaled by ``[1, 2⁻⁸⁸]`` along the new axis, their
-  squares added element by element, then one single-output reduction."""
+  """Both sums over ``xs`` (one leaf at least, all of one shape and dtype) as
+  a ``[2]`` vector: each broadcast to ``(2, *shape)`` and scaled by
+  ``[1, 2⁻⁸⁸]`` along the new axis, their squares added element by element,
+  then one single-output reduction."""
   dtype = _sum_dtype(xs[0])
   shape = (2, *xs[0].shape)
   first = jax.lax.broadcasted_iota(jnp.int32, shape, 0) == 0
@@ -116,16 +118,23 @@ def _paired_sums(*xs: jax.Array) -> jax.Array:
                  ).astype(jnp.float32)
 
 
-# Same-shaped leaves reduced together by :func:`_sums_of_pairs`, at most.
+# The most leaves of one shape and dtype that share a paired reduce, the
+# group size of the results in ``benchmarks/results/norm_tpu_square.txt``.
 _GROUP = 8
 
 
 def _same_shape_groups(leaves: list[jax.Array]) -> list[list[jax.Array]]:
-  """``leaves`` grouped by shape and dtype, ``_GROUP`` at most in a group."""
-  by_shape: dict[tuple[Any, ...], list[jax.Array]] = {}
+  """``leaves`` grouped by shape and dtype, ``_GROUP`` at most in a group,
+  in the order they come.
+
+  A group's squares are added element by element before its reduction, a
+  float32 summation order of its own: eager calls, which sum each leaf in a
+  program of its own, may differ from a jitted norm in the last bits.
+  """
+  by_layout: dict[tuple[Any, ...], list[jax.Array]] = {}
   for x in leaves:
-    by_shape.setdefault((x.shape, x.dtype), []).append(x)
-  return [xs[i:i + _GROUP] for xs in by_shape.values()
+    by_layout.setdefault((x.shape, x.dtype), []).append(x)
+  return [xs[i:i + _GROUP] for xs in by_layout.values()
           for i in range(0, len(xs), _GROUP)]
 
 
@@ -333,9 +342,12 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
     :func:`_sums_of_pairs`: paired reductions of sibling leaves fuse together
     (1000 leaves of 16x64 to 16x128: fusion cycles 1.065x AdamW alone's on
     v5e, 1.95x with one hypot reduce per leaf), and up to eight of one shape
-    share a reduce (1000 leaves of 64x64: bytes accessed below optax's on
-    v4-v6e, 1.0% above on v5p with one reduce per leaf,
-    ``norm_tpu_square.txt``);
+    and dtype share a reduce (1000 leaves of 64x64: bytes accessed below
+    optax's on v4-v6e, 1.0% and 0.9% above on v5p and v6e with one reduce
+    per leaf, ``norm_tpu_square.txt``). Under plain ``jax.jit`` XLA lays a
+    group's leaves out alike before adding them: same-shaped matrices split
+    differently over the devices may cost collectives (``shard_map`` with
+    ``partition_specs`` adds each device's own blocks);
   * every other leaf (larger ones, vectors and scalars, bfloat16 and float16
     at any size), :func:`_hypot_sums`, one single-output reduce per leaf:
     on the GPT-shaped float32 tree it keeps the temp at 0, XLA:TPU's fusion
