@@ -63,6 +63,13 @@ def compiled_step(target, tree, variant):
   return _CACHE[key]
 
 
+def bytes_accessed(target, shapes, variant):
+  """XLA:TPU's bytes accessed for a float32 tree of ``shapes``."""
+  compiled = norm_tpu.compile_step(variant, shapes, jnp.float32,
+                                   first_device(target))
+  return float(compiled.cost_analysis()["bytes accessed"])
+
+
 def grad_bytes(tree):
   shapes, dtype = norm_tpu.tree_spec(tree)
   return sum(int(np.prod(s)) for s in shapes.values()) * np.dtype(
@@ -125,9 +132,7 @@ def test_many_small_vectors_cost_few_scalar_ops():
   # their squares in two balanced trees (five a leaf) 1.192x, optax 1.120x;
   # 100 vectors keep the compiles short.
   shapes = norm_tpu.small_vector_shapes(100)
-  device = first_device("v5e")
-  accessed = lambda variant: float(norm_tpu.compile_step(
-      variant, shapes, jnp.float32, device).cost_analysis()["bytes accessed"])
+  accessed = lambda variant: bytes_accessed("v5e", shapes, variant)
   adamw = accessed("adamw")
   assert accessed("ours") <= 1.25 * adamw
   assert accessed("ours-hypot-tree") > 1.3 * adamw  # the test can tell
@@ -192,25 +197,33 @@ def sharded_update_args(tx, mesh, shapes, specs, dtypes=(jnp.float32,)):
   return grads, state
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_one_all_reduce_under_shard_map_on_sixteen_chips(target):
-  mesh = sixteen_chip_mesh(target)
-  shapes, specs = mixed_layout()
+def shard_map_clip_text(mesh, shapes, specs, dtypes=(jnp.float32,)):
+  """The compiled clip under ``shard_map`` with ``partition_specs``."""
   tx = sdrl.unconditional_clip(1.0, partition_specs=specs)
-  grads, state = sharded_update_args(tx, mesh, shapes, specs)
+  grads, state = sharded_update_args(tx, mesh, shapes, specs, dtypes)
   state_specs = jax.tree.map(lambda _: P(), state)
   fn = jax.shard_map(tx.update, mesh=mesh, in_specs=(specs, state_specs),
                      out_specs=(specs, state_specs))
-  text = jax.jit(fn).lower(grads, state).compile().as_text()
+  return jax.jit(fn).lower(grads, state).compile().as_text()
+
+
+def plain_jit_clip_text(mesh, shapes, specs, dtypes=(jnp.float32,)):
+  """The compiled clip under plain ``jax.jit`` (no axis names)."""
+  tx = sdrl.unconditional_clip(1.0)
+  grads, state = sharded_update_args(tx, mesh, shapes, specs, dtypes)
+  return jax.jit(tx.update).lower(grads, state).compile().as_text()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_one_all_reduce_under_shard_map_on_sixteen_chips(target):
+  shapes, specs = mixed_layout()
+  text = shard_map_clip_text(sixteen_chip_mesh(target), shapes, specs)
   assert hlo_traffic.count_ops(text, "all-reduce") == 1
 
 
 def plain_jit_all_reduces(target, specs, shapes, dtypes=(jnp.float32,)):
-  """All-reduce ops in the clip compiled by plain ``jax.jit`` (no axis names)."""
-  tx = sdrl.unconditional_clip(1.0)
-  grads, state = sharded_update_args(tx, sixteen_chip_mesh(target), shapes,
-                                     specs, dtypes)
-  text = jax.jit(tx.update).lower(grads, state).compile().as_text()
+  """All-reduce ops in the clip compiled by plain ``jax.jit``."""
+  text = plain_jit_clip_text(sixteen_chip_mesh(target), shapes, specs, dtypes)
   return hlo_traffic.count_ops(text, "all-reduce")
 
 
@@ -244,13 +257,7 @@ def test_all_reduces_of_mixed_dtypes_and_small_matrices(target):
   assert plain_jit_all_reduces(
       target, {k: P("data", "model") for k in with_small}, with_small) == 2
   _, mixed = mixed_layout(8)
-  tx = sdrl.unconditional_clip(1.0, partition_specs=mixed)
-  mesh = sixteen_chip_mesh(target)
-  grads, state = sharded_update_args(tx, mesh, shapes, mixed, both)
-  state_specs = jax.tree.map(lambda _: P(), state)
-  fn = jax.shard_map(tx.update, mesh=mesh, in_specs=(mixed, state_specs),
-                     out_specs=(mixed, state_specs))
-  text = jax.jit(fn).lower(grads, state).compile().as_text()
+  text = shard_map_clip_text(sixteen_chip_mesh(target), shapes, mixed, both)
   assert hlo_traffic.count_ops(text, "all-reduce") == 1
   assert hlo_traffic.count_ops(text, "conditional") == 0
 
@@ -262,9 +269,7 @@ def test_same_shaped_small_matrices_cost_at_most_optax_bytes():
   # optax's (norm_tpu_square.txt). 500 leaves keep the compiles short; v5p,
   # since on v5e and v4 one reduce per leaf is not above optax's either.
   shapes = norm_tpu.square_shapes(500)
-  device = first_device("v5p")
-  accessed = lambda variant: float(norm_tpu.compile_step(
-      variant, shapes, jnp.float32, device).cost_analysis()["bytes accessed"])
+  accessed = lambda variant: bytes_accessed("v5p", shapes, variant)
   optax_clip = accessed("optax")
   assert accessed("ours") <= optax_clip
   assert accessed("ours-pair-each") > optax_clip  # the test can tell
@@ -284,10 +289,8 @@ def test_same_shaped_small_matrices_split_differently(monkeypatch):
            for i, k in enumerate(shapes)}
 
   def plain_jit_all_to_alls():
-    tx = sdrl.unconditional_clip(1.0)
-    grads, state = sharded_update_args(tx, mesh, shapes, specs)
-    text = jax.jit(tx.update).lower(grads, state).compile().as_text()
-    return hlo_traffic.count_ops(text, "all-to-all")
+    return hlo_traffic.count_ops(plain_jit_clip_text(mesh, shapes, specs),
+                                 "all-to-all")
 
   grouped = plain_jit_all_to_alls()
   monkeypatch.setattr(norms, "_GROUP", 1)
@@ -295,11 +298,6 @@ def test_same_shaped_small_matrices_split_differently(monkeypatch):
   assert (grouped, plain_jit_all_to_alls()) == (5, 1)
   monkeypatch.undo()
   jax.clear_caches()
-  tx = sdrl.unconditional_clip(1.0, partition_specs=specs)
-  grads, state = sharded_update_args(tx, mesh, shapes, specs)
-  state_specs = jax.tree.map(lambda _: P(), state)
-  fn = jax.shard_map(tx.update, mesh=mesh, in_specs=(specs, state_specs),
-                     out_specs=(specs, state_specs))
-  text = jax.jit(fn).lower(grads, state).compile().as_text()
+  text = shard_map_clip_text(mesh, shapes, specs)
   assert hlo_traffic.count_ops(text, "all-to-all") == 0
   assert hlo_traffic.count_ops(text, "all-reduce") == 1
