@@ -8,10 +8,12 @@ and the sum of its fusions' ``estimated_cycles``, and the number of
 ``conditional`` ops. Ratios are to AdamW alone; temp is also given as a
 fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``clip_overhead.py``), ``gpt-bf16`` (the same with bfloat16 gradients),
+``gpt-w768`` and ``gpt-w768-bf16`` (the same trees at GPT-2-small's width,
+768),
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and ten more of ours:
+clip, the conditional clip or optax's in front, and eleven more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -34,7 +36,9 @@ clip, the conditional clip or optax's in front, and ten more of ours:
 * ``ours-stacked``: the same, the leaves' norms stacked into one vector and
   reduced at once in place of that tree;
 * ``ours-linear``: the same, the leaves' norms combined as a linear chain
-  (the order in which optax adds its sums).
+  (the order in which optax adds its sums);
+* ``ours-chained-pairs``: the released reduces and squares, added in pairs
+  of adjacent leaves whose sums are chained in leaf order.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -77,7 +81,8 @@ TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1",
 VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-variadic-f32", "ours-paired-vectors", "ours-hypot-all",
             "ours-plain-f32", "ours-hypot-tree", "ours-stacked",
-            "ours-linear", "ours-pair-each", "ours-grouped-vectors")
+            "ours-linear", "ours-pair-each", "ours-grouped-vectors",
+            "ours-chained-pairs")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -109,6 +114,10 @@ def tree_spec(name: str) -> tuple[dict[str, tuple[int, ...]], Any]:
     return gpt_shapes(), jnp.float32
   if name == "gpt-bf16":
     return gpt_shapes(), jnp.bfloat16
+  if name == "gpt-w768":
+    return gpt_shapes(width=768), jnp.float32
+  if name == "gpt-w768-bf16":
+    return gpt_shapes(width=768), jnp.bfloat16
   if name == "small":
     return small_shapes(), jnp.float32
   if name == "small-vectors":
@@ -243,6 +252,32 @@ def _linear(leaves: list[jax.Array]) -> jax.Array:
   return _combined(leaves, chain)
 
 
+def _chained_pairs(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form, but the hypot-reduced leaves' squared norms added
+  in pairs of adjacent leaves, and the pairs' sums chained in leaf order."""
+  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
+                        and x.size < norms._SMALL_LEAF)
+
+  def chained(terms: list[jax.Array]) -> jax.Array:
+    runs = [norms._pairwise_sum(terms[i:i + 2], jnp.add)
+            for i in range(0, len(terms), 2)]
+    total = runs[0]
+    for run in runs[1:]:
+      total = total + run
+    return total
+
+  total = jnp.zeros((2,), jnp.float32)
+  if rest:
+    leaf_norms = [norms._leaf_norm(x) for x in rest]
+    scale = norms._scale_factor(jnp.float32)
+    total = jnp.stack([chained([n * n for n in leaf_norms]),
+                       chained([(n * scale) * (n * scale)
+                                for n in leaf_norms])])
+  if paired:
+    total = total + norms._sums_of_pairs(paired)
+  return total
+
+
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-paired-vectors": _paired_vectors,
           "ours-hypot-all": _hypot_for_all,
@@ -251,7 +286,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-stacked": _stacked,
           "ours-linear": _linear,
           "ours-pair-each": _pair_each,
-          "ours-grouped-vectors": _grouped_vectors}
+          "ours-grouped-vectors": _grouped_vectors,
+          "ours-chained-pairs": _chained_pairs}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
@@ -311,6 +347,7 @@ def measure(target: str, tree: str,
         "temp": compiled.memory_analysis().temp_size_in_bytes,
         "peak": compiled.memory_analysis().peak_memory_in_bytes,
         "hbm": traffic.total_bytes,
+        "entry_ops": hlo_traffic.entry_opcode_counts(text),
         "copies": hlo_traffic.entry_opcode_counts(text).get("copy-start", 0),
         "copy_hbm": traffic.by_opcode.get("copy-start", 0),
         "bytes_accessed": float(cost["bytes accessed"]),
@@ -347,16 +384,35 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def format_entry_ops(rows: list[dict[str, Any]], opcodes: list[str]) -> str:
+  """Per row, XLA:TPU's bytes accessed and the entry computation's count of
+  each of ``opcodes`` (ops left outside the fusions, each charged in bytes
+  accessed)."""
+  lines = ["| target | tree | variant | bytes accessed | "
+           + " | ".join(f"`{op}`" for op in opcodes) + " |",
+           "|---|---|---|---:|" + "---:|" * len(opcodes)]
+  for r in rows:
+    counts = " | ".join(str(r["entry_ops"].get(op, 0)) for op in opcodes)
+    lines.append(f"| {r['target']} | {r['tree']} | {r['variant']} "
+                 f"| {r['bytes_accessed']:.0f} | {counts} |")
+  return "\n".join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--targets", nargs="+", default=["v5e", "v5p"],
                       choices=sorted(TOPOLOGIES))
   parser.add_argument("--trees", nargs="+", default=["gpt", "gpt-bf16",
                                                       "small"],
-                      choices=["gpt", "gpt-bf16", "small", "small-square",
+                      choices=["gpt", "gpt-bf16", "gpt-w768",
+                               "gpt-w768-bf16", "small", "small-square",
                                "small-vectors"])
   parser.add_argument("--variants", nargs="+", default=list(VARIANTS),
                       choices=VARIANTS)
+  parser.add_argument("--entry-ops", nargs="+", default=None,
+                      metavar="OPCODE",
+                      help="also list bytes accessed and how many of these "
+                      "ops each entry computation has, e.g. add multiply")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   rows = []
@@ -364,7 +420,10 @@ def main() -> None:
     for tree in args.trees:
       rows += measure(target, tree, args.variants)
       print(f"done {target} {tree}", file=sys.stderr, flush=True)
-  text = format_rows(rows) + (
+  text = format_rows(rows)
+  if args.entry_ops:
+    text += "\n\n" + format_entry_ops(rows, args.entry_ops)
+  text += (
       f"\n\njax {jax.__version__}, optax {optax.__version__}, deviceless "
       f"XLA:TPU compiles (libtpu {importlib.metadata.version('libtpu')}).")
   print(text)
