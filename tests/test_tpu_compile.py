@@ -125,17 +125,16 @@ def test_gpt_trees_cost_at_most_optax_fusion_cycles(target, tree):
 
 
 def test_many_small_vectors_cost_few_scalar_ops():
-  # Each leaf's norm is a scalar; the ops that add them up stay outside the
-  # fusions, and XLA:TPU charges each its bytes. With 1000 vectors of 1K-2K
-  # elements (norm_tpu_small.txt) a balanced tree of hypots over the norms
-  # (about sixteen ops a leaf) costs 1.362x AdamW alone's bytes accessed,
-  # their squares in two balanced trees (five a leaf) 1.192x, optax 1.120x;
-  # 100 vectors keep the compiles short.
+  # Each norm is a scalar; the ops that add them up stay outside the fusions,
+  # and XLA:TPU charges each its bytes. Up to eight same-shaped small vectors
+  # share a reduce and a norm; with one norm per vector the bytes accessed
+  # are above optax's (1000 vectors: norm_tpu_vectors.txt). 100 vectors keep
+  # the compiles short.
   shapes = norm_tpu.small_vector_shapes(100)
   accessed = lambda variant: bytes_accessed("v5e", shapes, variant)
-  adamw = accessed("adamw")
-  assert accessed("ours") <= 1.25 * adamw
-  assert accessed("ours-hypot-tree") > 1.3 * adamw  # the test can tell
+  optax_bytes = accessed("optax")
+  assert accessed("ours") <= optax_bytes
+  assert accessed("ours-vectors-each") > optax_bytes  # the test can tell
 
 
 def test_leaves_sorted_by_size_keep_temp_low():
