@@ -368,12 +368,15 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
     differently over the devices may cost collectives (``shard_map`` with
     ``partition_specs`` adds each device's own blocks);
   * every other leaf (larger ones, vectors and scalars, bfloat16 and float16
-    at any size), :func:`_hypot_sums`, one single-output reduce per leaf:
-    on the GPT-shaped float32 tree it keeps the temp at 0, XLA:TPU's fusion
-    cycles below optax's and its bytes accessed at most 0.35% above optax's
-    on v4, v5e, v5p and v6e, where
-    the variadic form of the two sums cost up to 13.7% more (v5e) and paired
-    vectors a temp of 8.0% of the gradient bytes (v5e; ``norm_tpu.txt``).
+    at any size), :func:`_hypot_sums`, one single-output reduce per leaf or
+    per group of up to eight same-shaped small vectors: on the GPT-shaped
+    float32 tree it keeps the temp at 0, XLA:TPU's fusion cycles 0.8-4.1%
+    below optax's and its bytes accessed at most 0.32% above optax's on v4,
+    v5e, v5p and v6e, where the variadic form of the two sums cost up to
+    13.7% more (v5e) and paired vectors a temp of 8.0% of the gradient bytes
+    (v5e; ``norm_tpu.txt``). Grouped vectors are combined element by element
+    first, so under plain ``jax.jit`` ones split differently may cost
+    collectives, as grouped small matrices do.
   """
   paired: list[jax.Array] = []
   rest: list[jax.Array] = []
