@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and twelve more of ours:
+clip, the conditional clip or optax's in front, and eleven more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -24,8 +24,6 @@ clip, the conditional clip or optax's in front, and twelve more of ours:
   elements reduced in pairs, one paired reduce per vector;
 * ``ours-grouped-vectors``: the same, up to eight vectors of the same shape
   in one paired reduce, as the released form does with small matrices;
-* ``ours-vectors-each``: one hypot reduce per small vector, where the
-  released form reduces up to eight of one shape at once;
 * ``ours-hypot-all``: the hypot reduce for every leaf, small matrices too;
 * ``ours-pair-each``: one paired reduce per small float32 matrix, where the
   released form reduces up to eight of the same shape at once;
@@ -84,7 +82,7 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-variadic-f32", "ours-paired-vectors", "ours-hypot-all",
             "ours-plain-f32", "ours-hypot-tree", "ours-stacked",
             "ours-linear", "ours-pair-each", "ours-grouped-vectors",
-            "ours-chained-pairs", "ours-vectors-each")
+            "ours-chained-pairs")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -212,14 +210,6 @@ def _pair_each(leaves: list[jax.Array]) -> jax.Array:
   return total
 
 
-def _vectors_each(leaves: list[jax.Array]) -> jax.Array:
-  """The released TPU form, but one hypot reduce per small vector (before up
-  to eight of one shape shared one)."""
-  with mock.patch.object(norms, "_hypot_groups",
-                         lambda xs: [[x] for x in xs]):
-    return _RELEASED(leaves)
-
-
 def _hypot_for_all(leaves: list[jax.Array]) -> jax.Array:
   """The hypot reduce for every leaf."""
   return norms._hypot_sums(*leaves) if leaves else jnp.zeros((2,), jnp.float32)
@@ -297,8 +287,7 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-linear": _linear,
           "ours-pair-each": _pair_each,
           "ours-grouped-vectors": _grouped_vectors,
-          "ours-chained-pairs": _chained_pairs,
-          "ours-vectors-each": _vectors_each}
+          "ours-chained-pairs": _chained_pairs}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:

@@ -446,46 +446,6 @@ def test_tpu_form_reduces_same_shaped_small_matrices_in_groups(monkeypatch):
                                rtol=1e-5, atol=1e-7)
 
 
-def test_tpu_form_reduces_same_shaped_small_vectors_in_groups(monkeypatch):
-  from stabledrl_jax._src import norms  # pylint: disable=g-import-not-at-top
-  norms_taken = []
-  original_leaf_norm = norms._leaf_norm
-
-  def recording_leaf_norm(*xs):
-    norms_taken.append([(x.shape, x.dtype) for x in xs])
-    return original_leaf_norm(*xs)
-
-  monkeypatch.setattr(norms, "_leaf_norm", recording_leaf_norm)
-  rng = np.random.default_rng(7)
-  # 11 float32 vectors of 48 (groups of 8 and 3), 2 bfloat16 ones of 48 (a
-  # group of their own), a scalar, a large vector and a large matrix (alone);
-  # magnitudes from 1e-30 to 1e30, and one vector whose squares overflow
-  # float32 and one under float32's smallest normal number.
-  f32 = [jnp.asarray(rng.normal(size=48) * 10.0**(6 * i - 30), jnp.float32)
-         for i in range(11)]
-  f32[5] = jnp.full((48,), 3e19, jnp.float32)
-  f32[2] = jnp.full((48,), 1e-39, jnp.float32)
-  bf16 = [jnp.asarray(rng.normal(size=48), jnp.bfloat16) for _ in range(2)]
-  big_vector = jnp.asarray(rng.normal(size=1 << 16), jnp.float32)
-  matrix = jnp.asarray(rng.normal(size=(300, 300)), jnp.float32)
-  scalar = jnp.asarray(2.5, jnp.float32)
-  leaves = f32[:4] + [bf16[0], big_vector] + f32[4:9] + [scalar, matrix,
-                                                         bf16[1]] + f32[9:]
-  norm_of = lambda ls: norms._norm_from_sums(*norms._sums_for_tpu(ls))
-  np.testing.assert_allclose(float(jax.jit(norm_of)(leaves)), np_norm(leaves),
-                             rtol=1e-6)
-  vec = lambda n, dtype: [((48,), jnp.dtype(dtype))] * n
-  assert norms_taken == [[((1 << 16,), jnp.dtype(jnp.float32))],
-                         [((300, 300), jnp.dtype(jnp.float32))],
-                         vec(8, jnp.float32), vec(3, jnp.float32),
-                         vec(2, jnp.bfloat16), [((), jnp.dtype(jnp.float32))]]
-  small = [jnp.asarray(rng.normal(size=48), jnp.float32) for _ in range(11)]
-  grads = jax.jit(jax.grad(norm_of))(small)
-  for g, leaf in zip(grads, small):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(leaf) / np_norm(small),
-                               rtol=1e-5, atol=1e-7)
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_gradient_near_float32_max_is_not_nan_eagerly(dtype):
   # 2x overflows for x above half of float32's maximum; times the zero

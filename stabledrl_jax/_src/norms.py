@@ -293,47 +293,28 @@ def _hypot(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sqrt(a * a + b * b) * up
 
 
-def _leaf_norm(*xs: jax.Array) -> jax.Array:
-  """``‖(x₁, …, x_k)‖`` of one leaf or several of one shape, a float32 scalar:
-  their ``|x|`` combined element by element with :func:`_hypot`, then one
-  single-output reduce whose combiner is :func:`_hypot`."""
-  dtype = _sum_dtype(xs[0])
-  magnitude = jnp.abs(xs[0].astype(dtype))
-  for x in xs[1:]:
-    magnitude = _hypot(magnitude, jnp.abs(x.astype(dtype)))
-  norm = jax.lax.reduce(magnitude, jnp.zeros((), dtype), _hypot,
-                        tuple(range(magnitude.ndim)))
+def _leaf_norm(x: jax.Array) -> jax.Array:
+  """``‖x‖`` as a float32 scalar: one single-output reduce of ``|x|`` whose
+  combiner is :func:`_hypot`."""
+  dtype = _sum_dtype(x)
+  norm = jax.lax.reduce(jnp.abs(x.astype(dtype)), jnp.zeros((), dtype),
+                        _hypot, tuple(range(x.ndim)))
   return norm.astype(jnp.float32)
-
-
-def _hypot_groups(leaves: list[jax.Array]) -> list[list[jax.Array]]:
-  """The leaves :func:`_hypot_sums` reduces together: vectors and scalars
-  under 64K elements in groups of up to ``_GROUP`` of one shape and dtype
-  (:func:`_same_shape_groups`), after every other leaf alone.
-
-  A group is one reduce and one norm, so five scalar ops fewer per leaf it
-  takes in. Same-shaped large matrices are not grouped: one reduce over
-  eight of them made XLA:TPU move more gradients into VMEM (v5e).
-  """
-  small = lambda x: x.ndim < 2 and x.size < _SMALL_LEAF
-  return ([[x] for x in leaves if not small(x)]
-          + _same_shape_groups([x for x in leaves if small(x)]))
 
 
 @jax.custom_jvp
 def _hypot_sums(*leaves: jax.Array) -> jax.Array:
-  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``, from norms of leaves and of
-  groups of small vectors (:func:`_hypot_groups`).
+  """``[Σ x², Σ (x·2⁻⁸⁸)²]`` over ``leaves``, from each leaf's norm.
 
-  Each norm ``n`` is one single-output reduce whose combiner is
-  :func:`_hypot` (:func:`_leaf_norm`; the float32 accumulator holds a norm,
-  never a square, so nothing overflows). The norms then add ``n²`` and
+  Each leaf's norm ``n`` is one single-output reduce of ``|x|`` whose
+  combiner is :func:`_hypot` (the float32 accumulator holds a norm, never a
+  square, so nothing overflows). The leaves then add ``n²`` and
   ``(n·2⁻⁸⁸)²`` in two balanced trees of float32 scalars: five scalar ops
-  per norm (a tree of :func:`_hypot` over the norms takes about sixteen),
+  per leaf (a tree of :func:`_hypot` over the norms takes about sixteen),
   and XLA:TPU charges each in bytes accessed (1000 vectors:
   ``benchmarks/results/norm_tpu_small.txt``).
   """
-  leaf_norms = [_leaf_norm(*xs) for xs in _hypot_groups(list(leaves))]
+  leaf_norms = [_leaf_norm(x) for x in leaves]
   scale = _scale_factor(jnp.float32)
   plain = _pairwise_sum([n * n for n in leaf_norms], jnp.add)
   scaled = _pairwise_sum([(n * scale) * (n * scale) for n in leaf_norms],
@@ -368,15 +349,12 @@ def _sums_for_tpu(leaves: list[jax.Array]) -> jax.Array:
     differently over the devices may cost collectives (``shard_map`` with
     ``partition_specs`` adds each device's own blocks);
   * every other leaf (larger ones, vectors and scalars, bfloat16 and float16
-    at any size), :func:`_hypot_sums`, one single-output reduce per leaf or
-    per group of up to eight same-shaped small vectors: on the GPT-shaped
-    float32 tree it keeps the temp at 0, XLA:TPU's fusion cycles 0.8-4.1%
-    below optax's and its bytes accessed at most 0.32% above optax's on v4,
-    v5e, v5p and v6e, where the variadic form of the two sums cost up to
-    13.7% more (v5e) and paired vectors a temp of 8.0% of the gradient bytes
-    (v5e; ``norm_tpu.txt``). Grouped vectors are combined element by element
-    first, so under plain ``jax.jit`` ones split differently may cost
-    collectives, as grouped small matrices do.
+    at any size), :func:`_hypot_sums`, one single-output reduce per leaf:
+    on the GPT-shaped float32 tree it keeps the temp at 0, XLA:TPU's fusion
+    cycles below optax's and its bytes accessed at most 0.35% above optax's
+    on v4, v5e, v5p and v6e, where
+    the variadic form of the two sums cost up to 13.7% more (v5e) and paired
+    vectors a temp of 8.0% of the gradient bytes (v5e; ``norm_tpu.txt``).
   """
   paired: list[jax.Array] = []
   rest: list[jax.Array] = []
