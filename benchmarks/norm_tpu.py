@@ -379,14 +379,15 @@ def measure(target: str, tree: str,
     text = compiled.as_text()
     cost = compiled.cost_analysis()
     traffic = hlo_traffic.hbm_traffic(text)
+    entry_ops = hlo_traffic.entry_opcode_counts(text)
     rows.append({
         "target": target, "tree": tree, "variant": variant,
         "grad_bytes": grad_bytes,
         "temp": compiled.memory_analysis().temp_size_in_bytes,
         "peak": compiled.memory_analysis().peak_memory_in_bytes,
         "hbm": traffic.total_bytes,
-        "entry_ops": hlo_traffic.entry_opcode_counts(text),
-        "copies": hlo_traffic.entry_opcode_counts(text).get("copy-start", 0),
+        "entry_ops": entry_ops,
+        "copies": entry_ops.get("copy-start", 0),
         "copy_hbm": traffic.by_opcode.get("copy-start", 0),
         "bytes_accessed": float(cost["bytes accessed"]),
         "cycles": hlo_traffic.estimated_cycles(text),
