@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and twelve more of ours:
+clip, the conditional clip or optax's in front, and thirteen more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -41,7 +41,9 @@ clip, the conditional clip or optax's in front, and twelve more of ours:
   of adjacent leaves whose sums are chained in leaf order;
 * ``ours-grouped-hypot-vectors``: up to eight small vectors of one shape
   combined element by element with ``hypot`` and reduced once, one norm
-  for the group.
+  for the group;
+* ``ours-windowed-hypot-vectors``: the same, but only vectors within a run
+  of twelve consecutive leaves grouped.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -85,7 +87,8 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-variadic-f32", "ours-paired-vectors", "ours-hypot-all",
             "ours-plain-f32", "ours-hypot-tree", "ours-stacked",
             "ours-linear", "ours-pair-each", "ours-grouped-vectors",
-            "ours-chained-pairs", "ours-grouped-hypot-vectors")
+            "ours-chained-pairs", "ours-grouped-hypot-vectors",
+            "ours-windowed-hypot-vectors")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -315,6 +318,32 @@ def _grouped_hypot_vectors(leaves: list[jax.Array]) -> jax.Array:
   return total
 
 
+def _windowed_hypot_vectors(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form, but in each run of twelve consecutive
+  hypot-reduced leaves, up to eight small vectors of one shape and dtype
+  share one hypot reduce and one norm (groups from nearby leaves only, in a
+  model's tree mostly one layer's)."""
+  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
+                        and x.size < norms._SMALL_LEAF)
+  total = jnp.zeros((2,), jnp.float32)
+  if rest:
+    leaf_norms = []
+    for i in range(0, len(rest), 12):
+      vectors, others = _split(
+          rest[i:i + 12], lambda x: x.ndim < 2 and x.size < norms._SMALL_LEAF)
+      leaf_norms += [norms._leaf_norm(x) for x in others]
+      leaf_norms += [_group_norm(xs)
+                     for xs in norms._same_shape_groups(vectors)]
+    scale = norms._scale_factor(jnp.float32)
+    total = jnp.stack([
+        norms._pairwise_sum([n * n for n in leaf_norms], jnp.add),
+        norms._pairwise_sum([(n * scale) * (n * scale) for n in leaf_norms],
+                            jnp.add)])
+  if paired:
+    total = total + norms._sums_of_pairs(paired)
+  return total
+
+
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-paired-vectors": _paired_vectors,
           "ours-hypot-all": _hypot_for_all,
@@ -325,7 +354,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-pair-each": _pair_each,
           "ours-grouped-vectors": _grouped_vectors,
           "ours-chained-pairs": _chained_pairs,
-          "ours-grouped-hypot-vectors": _grouped_hypot_vectors}
+          "ours-grouped-hypot-vectors": _grouped_hypot_vectors,
+          "ours-windowed-hypot-vectors": _windowed_hypot_vectors}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
