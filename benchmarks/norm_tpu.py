@@ -258,30 +258,46 @@ def _linear(leaves: list[jax.Array]) -> jax.Array:
   return _combined(leaves, chain)
 
 
-def _chained_pairs(leaves: list[jax.Array]) -> jax.Array:
-  """The released TPU form, but the hypot-reduced leaves' squared norms added
-  in pairs of adjacent leaves, and the pairs' sums chained in leaf order."""
+def _with_norms(leaves: list[jax.Array], norms_of, add_up) -> jax.Array:
+  """The released TPU form's paired small matrices, and for the other leaves
+  the float32 norms ``norms_of(leaves)`` whose squares and scaled squares
+  ``add_up`` adds into the two sums."""
   paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
                         and x.size < norms._SMALL_LEAF)
-
-  def chained(terms: list[jax.Array]) -> jax.Array:
-    runs = [norms._pairwise_sum(terms[i:i + 2], jnp.add)
-            for i in range(0, len(terms), 2)]
-    total = runs[0]
-    for run in runs[1:]:
-      total = total + run
-    return total
-
   total = jnp.zeros((2,), jnp.float32)
   if rest:
-    leaf_norms = [norms._leaf_norm(x) for x in rest]
+    leaf_norms = norms_of(rest)
     scale = norms._scale_factor(jnp.float32)
-    total = jnp.stack([chained([n * n for n in leaf_norms]),
-                       chained([(n * scale) * (n * scale)
-                                for n in leaf_norms])])
+    total = jnp.stack([add_up([n * n for n in leaf_norms]),
+                       add_up([(n * scale) * (n * scale)
+                               for n in leaf_norms])])
   if paired:
     total = total + norms._sums_of_pairs(paired)
   return total
+
+
+def _balanced(terms: list[jax.Array]) -> jax.Array:
+  return norms._pairwise_sum(terms, jnp.add)
+
+
+def _chained(terms: list[jax.Array]) -> jax.Array:
+  """``terms`` added in pairs of neighbours, the pairs chained in order."""
+  runs = [norms._pairwise_sum(terms[i:i + 2], jnp.add)
+          for i in range(0, len(terms), 2)]
+  total = runs[0]
+  for run in runs[1:]:
+    total = total + run
+  return total
+
+
+def _each_leaf(leaves: list[jax.Array]) -> list[jax.Array]:
+  return [norms._leaf_norm(x) for x in leaves]
+
+
+def _chained_pairs(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form, but the hypot-reduced leaves' squared norms added
+  in pairs of adjacent leaves, and the pairs' sums chained in leaf order."""
+  return _with_norms(leaves, _each_leaf, _chained)
 
 
 def _group_norm(xs: list[jax.Array]) -> jax.Array:
@@ -295,53 +311,29 @@ def _group_norm(xs: list[jax.Array]) -> jax.Array:
                         tuple(range(magnitude.ndim))).astype(jnp.float32)
 
 
+def _vectors_grouped(leaves: list[jax.Array]) -> list[jax.Array]:
+  """The norms of ``leaves`` other than small vectors, then one norm per
+  group of up to eight small vectors (or scalars) of one shape and dtype."""
+  vectors, others = _split(
+      leaves, lambda x: x.ndim < 2 and x.size < norms._SMALL_LEAF)
+  return _each_leaf(others) + [_group_norm(xs)
+                               for xs in norms._same_shape_groups(vectors)]
+
+
 def _grouped_hypot_vectors(leaves: list[jax.Array]) -> jax.Array:
   """The released TPU form, but up to eight small vectors (or scalars) of
   one shape and dtype share one hypot reduce and one norm, after the norms
   of the other hypot-reduced leaves."""
-  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
-                        and x.size < norms._SMALL_LEAF)
-  vectors, others = _split(
-      rest, lambda x: x.ndim < 2 and x.size < norms._SMALL_LEAF)
-  total = jnp.zeros((2,), jnp.float32)
-  if rest:
-    leaf_norms = ([norms._leaf_norm(x) for x in others]
-                  + [_group_norm(xs)
-                     for xs in norms._same_shape_groups(vectors)])
-    scale = norms._scale_factor(jnp.float32)
-    total = jnp.stack([
-        norms._pairwise_sum([n * n for n in leaf_norms], jnp.add),
-        norms._pairwise_sum([(n * scale) * (n * scale) for n in leaf_norms],
-                            jnp.add)])
-  if paired:
-    total = total + norms._sums_of_pairs(paired)
-  return total
+  return _with_norms(leaves, _vectors_grouped, _balanced)
 
 
 def _windowed_hypot_vectors(leaves: list[jax.Array]) -> jax.Array:
-  """The released TPU form, but in each run of twelve consecutive
-  hypot-reduced leaves, up to eight small vectors of one shape and dtype
-  share one hypot reduce and one norm (groups from nearby leaves only, in a
-  model's tree mostly one layer's)."""
-  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
-                        and x.size < norms._SMALL_LEAF)
-  total = jnp.zeros((2,), jnp.float32)
-  if rest:
-    leaf_norms = []
-    for i in range(0, len(rest), 12):
-      vectors, others = _split(
-          rest[i:i + 12], lambda x: x.ndim < 2 and x.size < norms._SMALL_LEAF)
-      leaf_norms += [norms._leaf_norm(x) for x in others]
-      leaf_norms += [_group_norm(xs)
-                     for xs in norms._same_shape_groups(vectors)]
-    scale = norms._scale_factor(jnp.float32)
-    total = jnp.stack([
-        norms._pairwise_sum([n * n for n in leaf_norms], jnp.add),
-        norms._pairwise_sum([(n * scale) * (n * scale) for n in leaf_norms],
-                            jnp.add)])
-  if paired:
-    total = total + norms._sums_of_pairs(paired)
-  return total
+  """The same, but small vectors grouped only within each run of twelve
+  consecutive hypot-reduced leaves."""
+  def windowed(rest: list[jax.Array]) -> list[jax.Array]:
+    return [n for i in range(0, len(rest), 12)
+            for n in _vectors_grouped(rest[i:i + 12])]
+  return _with_norms(leaves, windowed, _balanced)
 
 
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,
