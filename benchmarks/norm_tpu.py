@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and thirteen more of ours:
+clip, the conditional clip or optax's in front, and fifteen more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -43,7 +43,12 @@ clip, the conditional clip or optax's in front, and thirteen more of ours:
   combined element by element with ``hypot`` and reduced once, one norm
   for the group;
 * ``ours-windowed-hypot-vectors``: the same, but only vectors within a run
-  of twelve consecutive leaves grouped.
+  of twelve consecutive leaves grouped;
+* ``ours-vector-sums``: the released reduces, each norm ``n`` multiplied by
+  the vector ``[1, 2⁻⁸⁸]`` and squared, the ``[2]`` vectors added in one
+  balanced tree (vector ops in place of the five scalar ops per leaf);
+* ``ours-stacked-pairs``: the same, each leaf's ``[n, n·2⁻⁸⁸]`` stacked
+  from two scalars, then squared.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -88,7 +93,8 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-plain-f32", "ours-hypot-tree", "ours-stacked",
             "ours-linear", "ours-pair-each", "ours-grouped-vectors",
             "ours-chained-pairs", "ours-grouped-hypot-vectors",
-            "ours-windowed-hypot-vectors")
+            "ours-windowed-hypot-vectors", "ours-vector-sums",
+            "ours-stacked-pairs")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -336,6 +342,38 @@ def _windowed_hypot_vectors(leaves: list[jax.Array]) -> jax.Array:
   return _with_norms(leaves, windowed, _balanced)
 
 
+def _vector_sums(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form's reduces, but each hypot-reduced leaf's norm
+  ``n`` becomes the ``[2]`` vector ``(n·[1, 2⁻⁸⁸])²``, and those vectors
+  are added in one balanced tree."""
+  def add_up(leaf_norms: list[jax.Array]) -> jax.Array:
+    pair = jnp.stack([jnp.ones((), jnp.float32),
+                      norms._scale_factor(jnp.float32)])
+    return _balanced([(n * pair) * (n * pair) for n in leaf_norms])
+  return _with_vector_sums(leaves, add_up)
+
+
+def _stacked_pairs(leaves: list[jax.Array]) -> jax.Array:
+  """The same, each ``[2]`` vector stacked from ``n`` and ``n·2⁻⁸⁸`` and
+  then squared."""
+  def add_up(leaf_norms: list[jax.Array]) -> jax.Array:
+    scale = norms._scale_factor(jnp.float32)
+    pairs = [jnp.stack([n, n * scale]) for n in leaf_norms]
+    return _balanced([v * v for v in pairs])
+  return _with_vector_sums(leaves, add_up)
+
+
+def _with_vector_sums(leaves: list[jax.Array], add_up) -> jax.Array:
+  """The released TPU form's paired small matrices, and for the other leaves
+  ``add_up`` of their float32 norms, a ``[2]`` vector."""
+  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
+                        and x.size < norms._SMALL_LEAF)
+  total = add_up(_each_leaf(rest)) if rest else jnp.zeros((2,), jnp.float32)
+  if paired:
+    total = total + norms._sums_of_pairs(paired)
+  return total
+
+
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-paired-vectors": _paired_vectors,
           "ours-hypot-all": _hypot_for_all,
@@ -347,7 +385,9 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-grouped-vectors": _grouped_vectors,
           "ours-chained-pairs": _chained_pairs,
           "ours-grouped-hypot-vectors": _grouped_hypot_vectors,
-          "ours-windowed-hypot-vectors": _windowed_hypot_vectors}
+          "ours-windowed-hypot-vectors": _windowed_hypot_vectors,
+          "ours-vector-sums": _vector_sums,
+          "ours-stacked-pairs": _stacked_pairs}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
