@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and fifteen more of ours:
+clip, the conditional clip or optax's in front, and sixteen more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -48,7 +48,10 @@ clip, the conditional clip or optax's in front, and fifteen more of ours:
   the vector ``[1, 2⁻⁸⁸]`` and squared, the ``[2]`` vectors added in one
   balanced tree (vector ops in place of the five scalar ops per leaf);
 * ``ours-stacked-pairs``: the same, each leaf's ``[n, n·2⁻⁸⁸]`` stacked
-  from two scalars, then squared.
+  from two scalars, then squared;
+* ``ours-adjacent-hypot-vectors``: up to eight small vectors of one shape
+  that are neighbours in the tree's order (a LayerNorm's scale and bias)
+  share one hypot reduce and one norm.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -94,7 +97,7 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-linear", "ours-pair-each", "ours-grouped-vectors",
             "ours-chained-pairs", "ours-grouped-hypot-vectors",
             "ours-windowed-hypot-vectors", "ours-vector-sums",
-            "ours-stacked-pairs")
+            "ours-stacked-pairs", "ours-adjacent-hypot-vectors")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -342,6 +345,24 @@ def _windowed_hypot_vectors(leaves: list[jax.Array]) -> jax.Array:
   return _with_norms(leaves, windowed, _balanced)
 
 
+def _adjacent_hypot_vectors(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form, but each run of up to eight neighbouring small
+  vectors (or scalars) of one shape and dtype shares one hypot reduce."""
+  def adjacent(rest: list[jax.Array]) -> list[jax.Array]:
+    runs: list[list[jax.Array]] = []
+    for x in rest:
+      joins = (runs and x.ndim < 2 and x.size < norms._SMALL_LEAF
+               and len(runs[-1]) < norms._GROUP
+               and (runs[-1][-1].shape, runs[-1][-1].dtype)
+               == (x.shape, x.dtype))
+      if joins:
+        runs[-1].append(x)
+      else:
+        runs.append([x])
+    return [_group_norm(xs) for xs in runs]
+  return _with_norms(leaves, adjacent, _balanced)
+
+
 def _vector_sums(leaves: list[jax.Array]) -> jax.Array:
   """The released TPU form's reduces, but each hypot-reduced leaf's norm
   ``n`` becomes the ``[2]`` vector ``(n·[1, 2⁻⁸⁸])²``, and those vectors
@@ -387,7 +408,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-grouped-hypot-vectors": _grouped_hypot_vectors,
           "ours-windowed-hypot-vectors": _windowed_hypot_vectors,
           "ours-vector-sums": _vector_sums,
-          "ours-stacked-pairs": _stacked_pairs}
+          "ours-stacked-pairs": _stacked_pairs,
+          "ours-adjacent-hypot-vectors": _adjacent_hypot_vectors}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
