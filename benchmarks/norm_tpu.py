@@ -50,7 +50,8 @@ clip, the conditional clip or optax's in front, and sixteen more of ours:
 * ``ours-stacked-pairs``: the same, each leaf's ``[n, n·2⁻⁸⁸]`` stacked
   from two scalars, then squared;
 * ``ours-adjacent-hypot-vectors``: up to eight small vectors of one shape
-  that are neighbours in the tree's order (a LayerNorm's scale and bias)
+  that are neighbours in the tree's order (a LayerNorm's scale and bias,
+  or two LayerNorms' scales)
   share one hypot reduce and one norm.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
