@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and sixteen more of ours:
+clip, the conditional clip or optax's in front, and seventeen more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -52,7 +52,10 @@ clip, the conditional clip or optax's in front, and sixteen more of ours:
 * ``ours-adjacent-hypot-vectors``: up to eight small vectors of one shape
   that are neighbours in the tree's order (a LayerNorm's scale and bias,
   or two LayerNorms' scales)
-  share one hypot reduce and one norm.
+  share one hypot reduce and one norm;
+* ``ours-interleaved-halves``: the released reduces and squares, but the
+  balanced trees add the first half of the leaves interleaved with the
+  second (leaf ``i`` next to leaf ``i + ⌈n/2⌉``).
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -68,6 +71,7 @@ Run::
 
 import argparse
 import importlib.metadata
+import itertools
 import os
 import sys
 from typing import Any
@@ -98,7 +102,8 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-linear", "ours-pair-each", "ours-grouped-vectors",
             "ours-chained-pairs", "ours-grouped-hypot-vectors",
             "ours-windowed-hypot-vectors", "ours-vector-sums",
-            "ours-stacked-pairs", "ours-adjacent-hypot-vectors")
+            "ours-stacked-pairs", "ours-adjacent-hypot-vectors",
+            "ours-interleaved-halves")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -364,6 +369,18 @@ def _adjacent_hypot_vectors(leaves: list[jax.Array]) -> jax.Array:
   return _with_norms(leaves, adjacent, _balanced)
 
 
+def _interleaved_halves(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form, but the hypot-reduced leaves' terms taken in the
+  order ``t₀, t_h, t₁, t_{h+1}, …`` (``h = ⌈n/2⌉``) before the two balanced
+  trees add them."""
+  def add_up(terms: list[jax.Array]) -> jax.Array:
+    half = (len(terms) + 1) // 2
+    order = [t for pair in itertools.zip_longest(terms[:half], terms[half:])
+             for t in pair if t is not None]
+    return _balanced(order)
+  return _with_norms(leaves, _each_leaf, add_up)
+
+
 def _vector_sums(leaves: list[jax.Array]) -> jax.Array:
   """The released TPU form's reduces, but each hypot-reduced leaf's norm
   ``n`` becomes the ``[2]`` vector ``(n·[1, 2⁻⁸⁸])²``, and those vectors
@@ -410,7 +427,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-windowed-hypot-vectors": _windowed_hypot_vectors,
           "ours-vector-sums": _vector_sums,
           "ours-stacked-pairs": _stacked_pairs,
-          "ours-adjacent-hypot-vectors": _adjacent_hypot_vectors}
+          "ours-adjacent-hypot-vectors": _adjacent_hypot_vectors,
+          "ours-interleaved-halves": _interleaved_halves}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
