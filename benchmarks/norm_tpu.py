@@ -236,20 +236,26 @@ def _hypot_for_all(leaves: list[jax.Array]) -> jax.Array:
   return norms._hypot_sums(*leaves) if leaves else jnp.zeros((2,), jnp.float32)
 
 
+def _with_paired_matrices(leaves: list[jax.Array], sums_of) -> jax.Array:
+  """The released TPU form's paired reduces for small float32 matrices,
+  and ``sums_of(others)``, a ``[2]`` vector, for the other leaves."""
+  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
+                        and x.size < norms._SMALL_LEAF)
+  total = sums_of(rest) if rest else jnp.zeros((2,), jnp.float32)
+  if paired:
+    total = total + norms._sums_of_pairs(paired)
+  return total
+
+
 def _combined(leaves: list[jax.Array], combine) -> jax.Array:
   """The released TPU form, but the hypot-reduced leaves' norms (float32
   scalars) combined into one norm ``n`` by ``combine``; the ``[2]`` sums
   are ``[n², (n·2⁻⁸⁸)²]``."""
-  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
-                        and x.size < norms._SMALL_LEAF)
-  total = jnp.zeros((2,), jnp.float32)
-  if rest:
+  def sums_of(rest: list[jax.Array]) -> jax.Array:
     norm = combine([norms._leaf_norm(x) for x in rest])
     scaled = norm * norms._scale_factor(jnp.float32)
-    total = jnp.stack([norm * norm, scaled * scaled])
-  if paired:
-    total = total + norms._sums_of_pairs(paired)
-  return total
+    return jnp.stack([norm * norm, scaled * scaled])
+  return _with_paired_matrices(leaves, sums_of)
 
 
 def _hypot_tree(leaves: list[jax.Array]) -> jax.Array:
@@ -277,18 +283,13 @@ def _with_norms(leaves: list[jax.Array], norms_of, add_up) -> jax.Array:
   """The released TPU form's paired small matrices, and for the other leaves
   the float32 norms ``norms_of(leaves)`` whose squares and scaled squares
   ``add_up`` adds into the two sums."""
-  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
-                        and x.size < norms._SMALL_LEAF)
-  total = jnp.zeros((2,), jnp.float32)
-  if rest:
+  def sums_of(rest: list[jax.Array]) -> jax.Array:
     leaf_norms = norms_of(rest)
     scale = norms._scale_factor(jnp.float32)
-    total = jnp.stack([add_up([n * n for n in leaf_norms]),
-                       add_up([(n * scale) * (n * scale)
-                               for n in leaf_norms])])
-  if paired:
-    total = total + norms._sums_of_pairs(paired)
-  return total
+    return jnp.stack([add_up([n * n for n in leaf_norms]),
+                      add_up([(n * scale) * (n * scale)
+                              for n in leaf_norms])])
+  return _with_paired_matrices(leaves, sums_of)
 
 
 def _balanced(terms: list[jax.Array]) -> jax.Array:
@@ -389,7 +390,7 @@ def _vector_sums(leaves: list[jax.Array]) -> jax.Array:
     pair = jnp.stack([jnp.ones((), jnp.float32),
                       norms._scale_factor(jnp.float32)])
     return _balanced([(n * pair) * (n * pair) for n in leaf_norms])
-  return _with_vector_sums(leaves, add_up)
+  return _with_paired_matrices(leaves, lambda rest: add_up(_each_leaf(rest)))
 
 
 def _stacked_pairs(leaves: list[jax.Array]) -> jax.Array:
@@ -399,18 +400,7 @@ def _stacked_pairs(leaves: list[jax.Array]) -> jax.Array:
     scale = norms._scale_factor(jnp.float32)
     pairs = [jnp.stack([n, n * scale]) for n in leaf_norms]
     return _balanced([v * v for v in pairs])
-  return _with_vector_sums(leaves, add_up)
-
-
-def _with_vector_sums(leaves: list[jax.Array], add_up) -> jax.Array:
-  """The released TPU form's paired small matrices, and for the other leaves
-  ``add_up`` of their float32 norms, a ``[2]`` vector."""
-  paired, rest = _split(leaves, lambda x: _wide(x) and x.ndim >= 2
-                        and x.size < norms._SMALL_LEAF)
-  total = add_up(_each_leaf(rest)) if rest else jnp.zeros((2,), jnp.float32)
-  if paired:
-    total = total + norms._sums_of_pairs(paired)
-  return total
+  return _with_paired_matrices(leaves, lambda rest: add_up(_each_leaf(rest)))
 
 
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,
