@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and seventeen more of ours:
+clip, the conditional clip or optax's in front, and eighteen more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -55,7 +55,11 @@ clip, the conditional clip or optax's in front, and seventeen more of ours:
   share one hypot reduce and one norm;
 * ``ours-interleaved-halves``: the released reduces and squares, but the
   balanced trees add the first half of the leaves interleaved with the
-  second (leaf ``i`` next to leaf ``i + ⌈n/2⌉``).
+  second (leaf ``i`` next to leaf ``i + ⌈n/2⌉``);
+* ``ours-shape-groups``: every hypot-reduced leaf of one shape and dtype
+  (large matrices too) combined element by element with ``hypot`` and
+  reduced once: one reduce and one norm per shape (eight in the GPT trees,
+  where the released form has one per leaf, 98).
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -103,7 +107,7 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-chained-pairs", "ours-grouped-hypot-vectors",
             "ours-windowed-hypot-vectors", "ours-vector-sums",
             "ours-stacked-pairs", "ours-adjacent-hypot-vectors",
-            "ours-interleaved-halves")
+            "ours-interleaved-halves", "ours-shape-groups")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -403,6 +407,17 @@ def _stacked_pairs(leaves: list[jax.Array]) -> jax.Array:
   return _with_paired_matrices(leaves, lambda rest: add_up(_each_leaf(rest)))
 
 
+def _shape_groups(leaves: list[jax.Array]) -> jax.Array:
+  """The released TPU form, but all hypot-reduced leaves of one shape and
+  dtype share one hypot reduce and one norm."""
+  def per_shape(rest: list[jax.Array]) -> list[jax.Array]:
+    by_layout: dict[tuple[Any, ...], list[jax.Array]] = {}
+    for x in rest:
+      by_layout.setdefault((x.shape, x.dtype), []).append(x)
+    return [_group_norm(xs) for xs in by_layout.values()]
+  return _with_norms(leaves, per_shape, _balanced)
+
+
 _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-paired-vectors": _paired_vectors,
           "ours-hypot-all": _hypot_for_all,
@@ -418,7 +433,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-vector-sums": _vector_sums,
           "ours-stacked-pairs": _stacked_pairs,
           "ours-adjacent-hypot-vectors": _adjacent_hypot_vectors,
-          "ours-interleaved-halves": _interleaved_halves}
+          "ours-interleaved-halves": _interleaved_halves,
+          "ours-shape-groups": _shape_groups}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:

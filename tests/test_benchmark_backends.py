@@ -320,6 +320,7 @@ def test_norm_tpu_reference_forms_give_the_norm():
   rng = np.random.default_rng(0)
   leaves = [rng.standard_normal((300, 256)).astype(np.float32),  # large
             rng.standard_normal((512, 160)).astype(np.float32),  # large
+            rng.standard_normal((300, 256)).astype(np.float32),  # large
             rng.standard_normal((512,)).astype(np.float32),      # small
             rng.standard_normal((512,)).astype(np.float32),
             rng.standard_normal((64, 32)).astype(np.float32),
@@ -337,10 +338,10 @@ def test_norm_tpu_reference_forms_give_the_norm():
           norm_tpu._chained_pairs, norm_tpu._grouped_hypot_vectors,
           norm_tpu._windowed_hypot_vectors, norm_tpu._vector_sums,
           norm_tpu._stacked_pairs, norm_tpu._adjacent_hypot_vectors,
-          norm_tpu._interleaved_halves)
+          norm_tpu._interleaved_halves, norm_tpu._shape_groups)
   for form in safe + (norm_tpu._plain_for_float32,):
     np.testing.assert_allclose(norm(form, leaves), expected(leaves), rtol=1e-5)
-  huge = [x * 1e20 for x in leaves[:6]]
+  huge = [x * 1e20 for x in leaves[:7]]
   for form in safe:
     np.testing.assert_allclose(norm(form, huge), expected(huge), rtol=1e-5)
   assert norm(norm_tpu._plain_for_float32, huge) == np.inf
