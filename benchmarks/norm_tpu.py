@@ -58,8 +58,8 @@ clip, the conditional clip or optax's in front, and eighteen more of ours:
   second (leaf ``i`` next to leaf ``i + ⌈n/2⌉``);
 * ``ours-shape-groups``: every hypot-reduced leaf of one shape and dtype
   (large matrices too) combined element by element with ``hypot`` and
-  reduced once: one reduce and one norm per shape (eight in the GPT trees,
-  where the released form has one per leaf, 98).
+  reduced once: one reduce and one norm per shape and dtype (eight in the
+  GPT trees, where the released form has one per leaf, 98).
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
