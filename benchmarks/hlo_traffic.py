@@ -273,6 +273,27 @@ def entry_opcode_counts(hlo_text: str) -> dict[str, int]:
   return dict(collections.Counter(i.opcode for i in computations[entry]))
 
 
+def scalar_op_tiles(hlo_text: str) -> int:
+  """Operands plus results of the entry computation's ops on scalars.
+
+  XLA:TPU runs ops whose result and operands are all rank-0 arrays (the adds
+  that combine per-leaf sums, say) outside its fusions and charges each
+  operand and the result as one 128-element tile, 512 bytes, in ``bytes
+  accessed``. Fusions and ops that move no bytes are not counted.
+  """
+  computations, entry = parse_computations(hlo_text)
+  shapes = {ins.name: ins.shape for ins in computations[entry]}
+  is_scalar = lambda shape: len(shape) == 1 and not shape[0].dims
+  tiles = 0
+  for ins in computations[entry]:
+    if (ins.opcode in FREE_OPCODES or ins.opcode == "fusion"
+        or not is_scalar(ins.shape)):
+      continue
+    if all(is_scalar(shapes.get(name, ())) for name in ins.operands):
+      tiles += 1 + len(ins.operands)
+  return tiles
+
+
 def _cycles(name: str, computations: dict[str, list[Instruction]]) -> int:
   total = 0
   for ins in computations.get(name, []):

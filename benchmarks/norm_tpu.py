@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and eighteen more of ours:
+clip, the conditional clip or optax's in front, and nineteen more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -33,6 +33,8 @@ clip, the conditional clip or optax's in front, and eighteen more of ours:
 * ``ours-hypot-tree``: the released reduces, but the leaves' norms combined
   into one by a balanced tree of ``hypot``s (the form before the two
   balanced trees of their squares);
+* ``ours-hypot-pair-reduces``: the same tree, each node two norms stacked
+  and reduced with the ``hypot`` combiner (one ``map`` op per node);
 * ``ours-stacked``: the same, the leaves' norms stacked into one vector and
   reduced at once in place of that tree;
 * ``ours-linear``: the same, the leaves' norms combined as a linear chain
@@ -66,6 +68,9 @@ gradient bytes (it counts on-chip memory on some generations), and the entry
 computation's asynchronous copies (``copy-start``: the prefetches and
 evictions of XLA's memory-space assignment) with the HBM bytes they move
 (with a conditional's costliest branch, as ``hlo_traffic`` charges it).
+``--entry-ops`` adds a table of XLA:TPU's raw bytes accessed, the entry
+computation's count of the named ops and the bytes XLA:TPU charges for its
+ops on scalars (512 per operand and result).
 
 Run::
 
@@ -107,7 +112,8 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-chained-pairs", "ours-grouped-hypot-vectors",
             "ours-windowed-hypot-vectors", "ours-vector-sums",
             "ours-stacked-pairs", "ours-adjacent-hypot-vectors",
-            "ours-interleaved-halves", "ours-shape-groups")
+            "ours-interleaved-halves", "ours-shape-groups",
+            "ours-hypot-pair-reduces")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -265,6 +271,16 @@ def _combined(leaves: list[jax.Array], combine) -> jax.Array:
 def _hypot_tree(leaves: list[jax.Array]) -> jax.Array:
   """The leaves' norms combined by a balanced tree of ``hypot``s."""
   return _combined(leaves, lambda ns: norms._pairwise_sum(ns, norms._hypot))
+
+
+def _hypot_pair_reduces(leaves: list[jax.Array]) -> jax.Array:
+  """The leaves' norms combined by a balanced tree whose every node stacks
+  two norms and reduces them with the ``hypot`` combiner (XLA:TPU lowers
+  each node to one ``map``)."""
+  def pair(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jax.lax.reduce(jnp.stack([a, b]), jnp.zeros((), jnp.float32),
+                          norms._hypot, (0,))
+  return _combined(leaves, lambda ns: norms._pairwise_sum(ns, pair))
 
 
 def _stacked(leaves: list[jax.Array]) -> jax.Array:
@@ -434,7 +450,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-stacked-pairs": _stacked_pairs,
           "ours-adjacent-hypot-vectors": _adjacent_hypot_vectors,
           "ours-interleaved-halves": _interleaved_halves,
-          "ours-shape-groups": _shape_groups}
+          "ours-shape-groups": _shape_groups,
+          "ours-hypot-pair-reduces": _hypot_pair_reduces}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
@@ -496,6 +513,7 @@ def measure(target: str, tree: str,
         "peak": compiled.memory_analysis().peak_memory_in_bytes,
         "hbm": traffic.total_bytes,
         "entry_ops": entry_ops,
+        "scalar_tiles": hlo_traffic.scalar_op_tiles(text),
         "copies": entry_ops.get("copy-start", 0),
         "copy_hbm": traffic.by_opcode.get("copy-start", 0),
         "bytes_accessed": float(cost["bytes accessed"]),
@@ -533,16 +551,19 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def format_entry_ops(rows: list[dict[str, Any]], opcodes: list[str]) -> str:
-  """Per row, XLA:TPU's bytes accessed and the entry computation's count of
+  """Per row, XLA:TPU's bytes accessed, the entry computation's count of
   each of ``opcodes`` (ops left outside the fusions, each charged in bytes
-  accessed)."""
+  accessed) and the bytes of its scalar ops at 512 per operand and result
+  (:func:`hlo_traffic.scalar_op_tiles`)."""
   lines = ["| target | tree | variant | bytes accessed | "
-           + " | ".join(f"`{op}`" for op in opcodes) + " |",
-           "|---|---|---|---:|" + "---:|" * len(opcodes)]
+           + " | ".join(f"`{op}`" for op in opcodes)
+           + " | scalar-op bytes |",
+           "|---|---|---|---:|" + "---:|" * (len(opcodes) + 1)]
   for r in rows:
     counts = " | ".join(str(r["entry_ops"].get(op, 0)) for op in opcodes)
     lines.append(f"| {r['target']} | {r['tree']} | {r['variant']} "
-                 f"| {r['bytes_accessed']:.0f} | {counts} |")
+                 f"| {r['bytes_accessed']:.0f} | {counts} "
+                 f"| {512 * r['scalar_tiles']} |")
   return "\n".join(lines)
 
 

@@ -78,6 +78,36 @@ def test_hbm_traffic_counts_each_prefetch_and_eviction_once():
   assert report.total_bytes == sum(expected.values())
 
 
+# A reduce fusion's scalar result, then ops on scalars outside the fusions:
+# multiply (two operands), sqrt (one), select (three) and a constant, which
+# moves nothing; the fusion and an op with an array operand are not counted.
+SCALAR_HLO = """\
+HloModule jit_norm, is_scheduled=true
+
+%sum (p: f32[1024]) -> f32[] {
+  %p = f32[1024]{0} parameter(0)
+  ROOT %z = f32[]{:T(128)} constant(0)
+}
+
+ENTRY %main (x: f32[1024]) -> f32[] {
+  %x = f32[1024]{0:T(1024)} parameter(0)
+  %r = f32[]{:T(128)} fusion(%x), kind=kLoop, calls=%sum
+  %c = f32[]{:T(128)} constant(2)
+  %m = f32[]{:T(128)S(6)} multiply(%r, %c)
+  %s = f32[]{:T(128)S(6)} sqrt(%m)
+  %t = pred[]{:T(128)S(6)} compare(%s, %c), direction=LT
+  %w = f32[]{:T(128)S(6)} select(%t, %s, %m)
+  ROOT %d = f32[]{:T(128)} dot(%x, %x), lhs_contracting_dims={0}, rhs_contracting_dims={0}
+}
+"""
+
+
+def test_scalar_op_tiles_counts_operands_and_results_of_ops_on_scalars():
+  # multiply 3, sqrt 2, compare 3, select 4; not the fusion, the constant or
+  # the dot of two arrays.
+  assert hlo_traffic.scalar_op_tiles(SCALAR_HLO) == 3 + 2 + 3 + 4
+
+
 def test_estimated_cycles_adds_the_charged_branch():
   assert hlo_traffic.estimated_cycles(TPU_HLO) == 1000 + 700
 
@@ -338,7 +368,8 @@ def test_norm_tpu_reference_forms_give_the_norm():
           norm_tpu._chained_pairs, norm_tpu._grouped_hypot_vectors,
           norm_tpu._windowed_hypot_vectors, norm_tpu._vector_sums,
           norm_tpu._stacked_pairs, norm_tpu._adjacent_hypot_vectors,
-          norm_tpu._interleaved_halves, norm_tpu._shape_groups)
+          norm_tpu._interleaved_halves, norm_tpu._shape_groups,
+          norm_tpu._hypot_pair_reduces)
   for form in safe + (norm_tpu._plain_for_float32,):
     np.testing.assert_allclose(norm(form, leaves), expected(leaves), rtol=1e-5)
   huge = [x * 1e20 for x in leaves[:7]]
