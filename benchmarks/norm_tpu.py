@@ -33,12 +33,13 @@ clip, the conditional clip or optax's in front, and nineteen more of ours:
 * ``ours-hypot-tree``: the released reduces, but the leaves' norms combined
   into one by a balanced tree of ``hypot``s (the form before the two
   balanced trees of their squares);
-* ``ours-hypot-pair-reduces``: the same tree, each node two norms stacked
-  and reduced with the ``hypot`` combiner (one ``map`` op per node);
 * ``ours-stacked``: the same, the leaves' norms stacked into one vector and
   reduced at once in place of that tree;
 * ``ours-linear``: the same, the leaves' norms combined as a linear chain
   (the order in which optax adds its sums);
+* ``ours-hypot-pair-reduces``: the tree of ``ours-hypot-tree``, each node
+  two norms stacked and reduced with the ``hypot`` combiner (one ``map`` op
+  per node);
 * ``ours-chained-pairs``: the released reduces and squares, added in pairs
   of adjacent leaves whose sums are chained in leaf order;
 * ``ours-grouped-hypot-vectors``: up to eight small vectors of one shape

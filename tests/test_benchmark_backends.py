@@ -80,7 +80,8 @@ def test_hbm_traffic_counts_each_prefetch_and_eviction_once():
 
 # A reduce fusion's scalar result, then ops on scalars outside the fusions:
 # multiply (two operands), sqrt (one), select (three) and a constant, which
-# moves nothing; the fusion and an op with an array operand are not counted.
+# moves nothing; a fusion of scalars and an op with an array operand are not
+# counted.
 SCALAR_HLO = """\
 HloModule jit_norm, is_scheduled=true
 
@@ -97,14 +98,15 @@ ENTRY %main (x: f32[1024]) -> f32[] {
   %s = f32[]{:T(128)S(6)} sqrt(%m)
   %t = pred[]{:T(128)S(6)} compare(%s, %c), direction=LT
   %w = f32[]{:T(128)S(6)} select(%t, %s, %m)
+  %f = f32[]{:T(128)} fusion(%w, %c), kind=kLoop, calls=%sum
   ROOT %d = f32[]{:T(128)} dot(%x, %x), lhs_contracting_dims={0}, rhs_contracting_dims={0}
 }
 """
 
 
 def test_scalar_op_tiles_counts_operands_and_results_of_ops_on_scalars():
-  # multiply 3, sqrt 2, compare 3, select 4; not the fusion, the constant or
-  # the dot of two arrays.
+  # multiply 3, sqrt 2, compare 3, select 4; not the fusions, the constant
+  # or the dot of two arrays.
   assert hlo_traffic.scalar_op_tiles(SCALAR_HLO) == 3 + 2 + 3 + 4
 
 

@@ -127,8 +127,8 @@ def test_gpt_trees_cost_at_most_optax_fusion_cycles(target, tree):
 def test_bytes_above_optax_are_the_scalar_ops_where_the_copies_match():
   # With bfloat16 gradients on v5p XLA:TPU makes the same copies in both
   # programs; ours are above optax's bytes accessed by exactly the tiles of
-  # the ops on scalars that add up the range-safe sums, 512 bytes for each
-  # operand and result (norm_tpu_scalar_ops.txt).
+  # all the ops on scalars (the range-safe sums' and the clip's last steps),
+  # 512 bytes for each operand and result (norm_tpu_scalar_ops.txt).
   ours = compiled_step("v5p", "gpt-bf16", "ours")
   optax_clip = compiled_step("v5p", "gpt-bf16", "optax")
   accessed = lambda c: int(c.cost_analysis()["bytes accessed"])
