@@ -274,20 +274,23 @@ def _hypot_tree(leaves: list[jax.Array]) -> jax.Array:
   return _combined(leaves, lambda ns: norms._pairwise_sum(ns, norms._hypot))
 
 
+def _stacked_norm(ns: list[jax.Array]) -> jax.Array:
+  """The norm of the float32 norms ``ns``: stacked, one ``hypot`` reduce."""
+  return jax.lax.reduce(jnp.stack(ns), jnp.zeros((), jnp.float32),
+                        norms._hypot, (0,))
+
+
 def _hypot_pair_reduces(leaves: list[jax.Array]) -> jax.Array:
   """The leaves' norms combined by a balanced tree whose every node stacks
   two norms and reduces them with the ``hypot`` combiner (XLA:TPU lowers
   each node to one ``map``)."""
-  def pair(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jax.lax.reduce(jnp.stack([a, b]), jnp.zeros((), jnp.float32),
-                          norms._hypot, (0,))
-  return _combined(leaves, lambda ns: norms._pairwise_sum(ns, pair))
+  return _combined(leaves, lambda ns: norms._pairwise_sum(
+      ns, lambda a, b: _stacked_norm([a, b])))
 
 
 def _stacked(leaves: list[jax.Array]) -> jax.Array:
   """The leaves' norms stacked into one vector and reduced at once."""
-  return _combined(leaves, lambda ns: jax.lax.reduce(
-      jnp.stack(ns), jnp.zeros((), jnp.float32), norms._hypot, (0,)))
+  return _combined(leaves, _stacked_norm)
 
 
 def _linear(leaves: list[jax.Array]) -> jax.Array:
