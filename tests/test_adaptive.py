@@ -322,6 +322,17 @@ def test_skipped_step_returns_zeros_and_keeps_inner_state():
   assert bool(state.skipped) and float(state.global_norm) == 5.0
 
 
+def test_skip_spikes_python_float_leaves():
+  # The clips take Python floats as leaves; so does the skipper.
+  tx = sdrl.skip_spikes(optax.scale(-1.0), max_norm=10.0)
+  updates, state = tx.update({"a": 3.0, "b": jnp.array([4.0])},
+                             tx.init({"a": 0.0, "b": jnp.zeros(1)}))
+  assert float(updates["a"]) == -3.0 and not bool(state.skipped)
+  updates, state = tx.update({"a": 30.0, "b": jnp.array([40.0])}, state)
+  assert float(updates["a"]) == 0.0 and float(updates["b"][0]) == 0.0
+  assert bool(state.skipped) and float(state.global_norm) == 50.0
+
+
 def test_consecutive_skip_cap():
   tx = sdrl.skip_spikes(optax.identity(), max_norm=1.0, max_consecutive=2)
   trace = [0.5, 5.0, 5.0, 5.0, 5.0, 5.0, np.nan, 5.0, 0.5]

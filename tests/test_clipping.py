@@ -344,10 +344,23 @@ def test_state_round_trips_through_numpy():
 
 @pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize("max_norm", [0.0, -1.0, np.float32(-2.0), np.nan,
-                                      np.inf, jnp.float32(0.0)])
+                                      np.inf])
 def test_bad_max_norm_raises_naming_it(clip, max_norm):
   with pytest.raises(ValueError, match=r"max_norm.*" + re.escape(repr(max_norm))):
     clip(max_norm)
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_max_norm_array_is_checked_when_the_step_runs(clip):
+  # A JAX array is what optax.inject_hyperparams passes, eagerly too: a bad
+  # value zeroes the step and counts it instead of raising mid-training.
+  tx = clip(jnp.float32(0.0))
+  grads = {"w": jnp.array([3.0, 4.0])}
+  out, state = tx.update(grads, tx.init(grads))
+  np.testing.assert_array_equal(out["w"], [0.0, 0.0])
+  assert int(state.num_nonfinite) == 1
+  with pytest.raises(ValueError, match="max_norm must be a real scalar"):
+    clip(jnp.array([1.0, 2.0]))
 
 
 @pytest.mark.parametrize("clip", CLIPS)
@@ -447,8 +460,10 @@ def test_inject_hyperparams_changes_take_effect(clip):
   state.hyperparams["max_norm"] = jnp.asarray(2.5)
   out, state = update(grads, state)
   np.testing.assert_allclose(out["w"], [1.5, 2.0], rtol=1e-6)
-  with pytest.raises(ValueError, match="max_norm"):
-    optax.inject_hyperparams(clip)(max_norm=-1.0).init(grads)
+  bad = optax.inject_hyperparams(clip)(max_norm=-1.0)
+  out, state = bad.update(grads, bad.init(grads))
+  np.testing.assert_array_equal(out["w"], [0.0, 0.0])
+  assert int(state.inner_state.num_nonfinite) == 1
 
 
 def test_schedule_through_inject_hyperparams():

@@ -152,10 +152,13 @@ BAD_THRESHOLDS = [0.0, -1.0, -2.98e-8, np.nan, np.inf, -np.inf, 1e-40]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("jit", [True, False])
 @pytest.mark.parametrize("name", sorted(WITH_MAX_NORM))
-def test_bad_traced_threshold_zeroes_and_counts_the_step(name):
+def test_bad_threshold_array_zeroes_and_counts_the_step(name, jit):
+  # inject_hyperparams passes max_norm as an array: traced under jit,
+  # concrete eagerly; both follow the same rule.
   tx = optax.inject_hyperparams(WITH_MAX_NORM[name])(max_norm=1.0)
-  update = jax.jit(tx.update)
+  update = jax.jit(tx.update) if jit else tx.update
   state = tx.init(grads_with_norm(1.0))
   for warm in (1.0, 1.1, 0.9):  # fill the adaptive statistics
     _, state = update(grads_with_norm(warm), state)
@@ -174,15 +177,17 @@ def test_bad_traced_threshold_zeroes_and_counts_the_step(name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("jit", [True, False])
 @pytest.mark.parametrize("nonfinite", ["zero", "propagate"])
 @pytest.mark.parametrize("clip", [sdrl.unconditional_clip,
                                   sdrl.conditional_clip])
-def test_schedule_that_reaches_zero_never_flips_the_update(clip, nonfinite):
+def test_schedule_that_reaches_zero_never_flips_the_update(clip, nonfinite,
+                                                           jit):
   schedule = optax.linear_schedule(1.0, 0.0, transition_steps=3)
   assert float(schedule(3)) <= 0.0  # -2.98e-8 in float32
   tx = optax.inject_hyperparams(clip)(max_norm=schedule, nonfinite=nonfinite)
   grads = {"w": jnp.array([3.0, 4.0])}
-  update = jax.jit(tx.update)
+  update = jax.jit(tx.update) if jit else tx.update
   state = tx.init(grads)
   got = []
   for _ in range(5):

@@ -22,8 +22,8 @@ replica computes the same norm and therefore holds the same state.
 A non-finite norm (NaN/inf) never enters the statistics: it zeroes the step
 (like ``nonfinite="zero"`` in :func:`stabledrl_jax.unconditional_clip`), is
 counted in ``num_nonfinite``, and leaves the running moments, history and
-window exactly as they were. A traced ``max_norm`` that is ≤ 0, NaN or inf is
-handled the same way.
+window exactly as they were. A ``max_norm`` given as an array that is ≤ 0,
+NaN or inf is handled the same way.
 
 A norm of exactly 0 (all-equal rewards give zero advantages and zero
 gradients) carries no information about the scale of the gradients: the step
@@ -76,14 +76,14 @@ def _check_unit_interval(name: str, value: Scalar, *,
 
 def _check_max_norm(max_norm: Optional[Scalar]) -> None:
   if max_norm is not None:
-    validation.check_positive("max_norm", max_norm, float32=True)
+    validation.check_threshold("max_norm", max_norm)
 
 
 def _ceiling(max_norm: Optional[Scalar]) -> tuple[jax.Array, jax.Array]:
   """``(valid, ceiling)``: ``max_norm`` as float32, +inf when None or invalid.
 
-  An invalid traced ``max_norm`` (≤ 0, NaN, inf) zeroes the step; the +inf
-  placeholder keeps it out of every division and comparison.
+  An invalid ``max_norm`` given as an array (≤ 0, NaN, inf) zeroes the step;
+  the +inf placeholder keeps it out of every division and comparison.
   """
   return clipping.usable_threshold(max_norm, placeholder=jnp.inf)
 
@@ -119,7 +119,7 @@ class ZScoreClipState(NamedTuple):
       ``global_norm * scale`` (0 for a non-finite step).
     num_clipped: int32 number of steps that were scaled down.
     num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
-      traced ``max_norm`` was ≤ 0, NaN or inf).
+      ``max_norm`` given as an array was ≤ 0, NaN or inf).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -165,14 +165,15 @@ def zscore_clip(
     the clipped norm ``g̃ = min(g, threshold)``:
     ``μ ← αμ + (1−α)g̃``, ``σ² ← ασ² + (1−α)(g̃ − μ_new)²``.
 
-  Only finite, non-zero norms are recorded. A non-finite ``g`` (or a traced
-  ``max_norm`` that is ≤ 0, NaN or inf) gives all-zero updates, is counted in
-  ``num_nonfinite`` and leaves μ, σ² and ``count`` unchanged. A zero ``g``
-  passes unchanged and leaves them unchanged too: zero-gradient steps (e.g.
-  groups whose completions all got the same reward) neither start nor end the
-  warm-up, and cannot pull μ to 0. The floor on σ keeps a run of identical
-  norms (σ² = 0) from clipping every larger norm to exactly μ forever: the
-  clipped norms then exceed μ, so μ and σ² keep moving.
+  Only finite, non-zero norms are recorded. A non-finite ``g`` (or a
+  ``max_norm`` given as an array that is ≤ 0, NaN or inf) gives all-zero
+  updates, is counted in ``num_nonfinite`` and leaves μ, σ² and ``count``
+  unchanged. A zero ``g`` passes unchanged and leaves them unchanged too:
+  zero-gradient steps (e.g. groups whose completions all got the same reward)
+  neither start nor end the warm-up, and cannot pull μ to 0. The floor on σ
+  keeps a run of identical norms (σ² = 0) from clipping every larger norm to
+  exactly μ forever: the clipped norms then exceed μ, so μ and σ² keep
+  moving.
   ``warmup_steps=0`` behaves as 1: the statistics start from the first
   recorded norm, which is never z-clipped.
 
@@ -195,8 +196,8 @@ def zscore_clip(
 
   Raises:
     ValueError: ``alpha`` outside (0, 1); ``z_thresh`` ≤ 0 or not finite;
-      ``warmup_steps`` negative or not an integer; ``max_norm`` ≤ 0, NaN or
-      inf; both ``axis_name`` and ``partition_specs`` given.
+      ``warmup_steps`` negative or not an integer; ``max_norm`` a number
+      ≤ 0, NaN or inf; both ``axis_name`` and ``partition_specs`` given.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -296,7 +297,7 @@ class QuantileClipState(NamedTuple):
       step).
     num_clipped: int32 number of steps that were scaled down.
     num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
-      traced ``max_norm`` was ≤ 0, NaN or inf).
+      ``max_norm`` given as an array was ≤ 0, NaN or inf).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -357,11 +358,12 @@ def quantile_clip(
   the transform jits, checkpoints and runs under ``shard_map``; each step
   sorts it once (O(history log history)).
 
-  Only finite, non-zero norms are recorded. A non-finite norm (or a traced
-  ``max_norm`` that is ≤ 0, NaN or inf) gives all-zero updates, is counted in
-  ``num_nonfinite`` and is not recorded. A zero norm passes unchanged and is
-  not recorded either: zero-gradient steps would otherwise fill the history
-  with zeros and make a low quantile 0, zeroing every update until
+  Only finite, non-zero norms are recorded. A non-finite norm (or a
+  ``max_norm`` given as an array that is ≤ 0, NaN or inf) gives all-zero
+  updates, is counted in ``num_nonfinite`` and is not recorded. A zero norm
+  passes unchanged and is not recorded either: zero-gradient steps would
+  otherwise fill the history with zeros and make a low quantile 0, zeroing
+  every update until
   ``history`` later norms had pushed them out. Every recorded norm is > 0, so
   the threshold is > 0.
 
@@ -384,8 +386,9 @@ def quantile_clip(
 
   Raises:
     ValueError: ``quantile`` outside (0, 1]; ``history`` or ``min_history``
-      below 1 or not integers; ``min_history > history``; ``max_norm`` ≤ 0,
-      NaN or inf; both ``axis_name`` and ``partition_specs`` given.
+      below 1 or not integers; ``min_history > history``; ``max_norm`` a
+      number ≤ 0, NaN or inf; both ``axis_name`` and ``partition_specs``
+      given.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -466,7 +469,7 @@ class SkipSpikesState(NamedTuple):
     skipped: bool, whether the last step was skipped.
     num_skipped: int32 number of skipped steps.
     num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
-      traced ``max_norm`` was ≤ 0, NaN or inf).
+      ``max_norm`` given as an array was ≤ 0, NaN or inf).
     consecutive_skips: int32 number of skips in a row up to the last step
       (0 after a step is taken).
 
@@ -497,8 +500,10 @@ def _select_tree(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
 
 
 def _zeros_where(pred: jax.Array, tree: PyTree) -> PyTree:
-  return jax.tree.map(
-      lambda u: jnp.where(pred, jnp.zeros((), u.dtype), u), tree)
+  def zero(u):
+    u = jnp.asarray(u)
+    return jnp.where(pred, jnp.zeros((), u.dtype), u)
+  return jax.tree.map(zero, tree)
 
 
 def skip_spikes(
@@ -538,8 +543,8 @@ def skip_spikes(
   (and recorded), so a lasting change of the norm's level cannot freeze
   training. Non-finite steps are always skipped: applying them would write
   NaN into the parameters and the inner state for good. They do count
-  towards the run of consecutive skips. A step whose traced ``max_norm`` is
-  ≤ 0, NaN or inf is handled as a non-finite one.
+  towards the run of consecutive skips. A step whose ``max_norm`` given as an
+  array is ≤ 0, NaN or inf is handled as a non-finite one.
 
   Args:
     inner: the optax transformation to protect, e.g. ``optax.adamw(1e-4)``
@@ -567,8 +572,8 @@ def skip_spikes(
   Raises:
     TypeError: ``inner`` is not a transformation (e.g. the factory
       ``optax.adamw`` instead of ``optax.adamw(1e-3)``).
-    ValueError: ``max_norm`` ≤ 0, NaN or inf; ``z_thresh`` ≤ 0 or not
-      finite; ``window``, ``min_history`` or ``max_consecutive`` below 1 or
+    ValueError: ``max_norm`` a number ≤ 0, NaN or inf; ``z_thresh`` ≤ 0 or
+      not finite; ``window``, ``min_history`` or ``max_consecutive`` below 1 or
       not integers; ``min_history > window``; both ``axis_name`` and
       ``partition_specs`` given.
 

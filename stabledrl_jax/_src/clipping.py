@@ -49,11 +49,11 @@ class ClipState(NamedTuple):
   Attributes:
     global_norm: float32 pre-clip global norm of the last update.
     scale: float32 factor applied to the last update (0 for a non-finite step
-      under ``nonfinite="zero"``, and for a step whose traced ``max_norm`` was
-      unusable).
+      under ``nonfinite="zero"``, and for a step whose ``max_norm`` given as
+      an array was unusable).
     num_clipped: int32 number of steps whose norm exceeded ``max_norm``.
     num_nonfinite: int32 number of steps whose norm was NaN or inf, or whose
-      traced ``max_norm`` was ≤ 0, NaN or inf.
+      ``max_norm`` given as an array was ≤ 0, NaN or inf.
 
   Examples:
     >>> import jax.numpy as jnp, optax
@@ -84,7 +84,7 @@ def check_clip_args(max_norm: Optional[Scalar], axis_name: Optional[AxisName],
                     partition_specs: Optional[PyTree],
                     nonfinite: NonFinitePolicy) -> None:
   """Validates the arguments shared by the clipping transforms."""
-  validation.check_positive("max_norm", max_norm, float32=True)
+  validation.check_threshold("max_norm", max_norm)
   validation.check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
   norms.check_layout(axis_name, partition_specs)
 
@@ -212,16 +212,21 @@ def unconditional_clip(
   norms and distributed layouts (see :func:`stabledrl_jax.global_norm`).
 
   The scale is applied in float32 and the product cast to each leaf's dtype,
-  so fp16/bf16 leaves are scaled as precisely as their dtype allows.
+  so fp16/bf16 leaves are scaled as precisely as their dtype allows. Past a
+  norm of 2¹²⁶·``max_norm`` (~8.5e37·``max_norm``) the scale is below
+  float32's normal range, XLA flushes it to 0 and the update is all zeros
+  (``scale`` 0 in the state).
 
-  A traced ``max_norm`` (``optax.inject_hyperparams``, a schedule) that is
-  ≤ 0, NaN, inf or subnormal makes the step a non-finite one under both
-  policies: all-zero updates, counted in ``num_nonfinite``. It never flips the
-  update's sign, inflates it, or turns a zero gradient into NaN.
+  A ``max_norm`` given as an array (``optax.inject_hyperparams``, a
+  schedule; eager or jitted) that is ≤ 0, NaN, inf or subnormal makes the
+  step a non-finite one under both policies: all-zero updates, counted in
+  ``num_nonfinite``. It never flips the update's sign, inflates it, or turns a
+  zero gradient into NaN.
 
   Args:
     max_norm: the largest global norm an update may have; a positive finite
-      number, or an array traced by ``optax.inject_hyperparams``.
+      number, or a scalar array (``optax.inject_hyperparams`` passes its
+      hyperparameters and schedules as arrays, eager or jitted).
     axis_name: mapped axis name(s) every leaf is split over (FSDP/ZeRO-style
       sharded gradients inside ``pmap``/``shard_map``). For plain data
       parallelism, ``pmean`` the gradients first and leave this None.
@@ -234,7 +239,7 @@ def unconditional_clip(
     An ``optax.GradientTransformation`` whose state is a :class:`ClipState`.
 
   Raises:
-    ValueError: ``max_norm`` is a concrete number that is ≤ 0, NaN or inf;
+    ValueError: ``max_norm`` is a Python or NumPy number ≤ 0, NaN or inf;
       ``nonfinite`` is unknown; both ``axis_name`` and ``partition_specs`` are
       given; ``partition_specs`` does not match the updates (at update time).
 

@@ -580,7 +580,8 @@ def global_norm(
   None leaves do not count. The same pass over the data also sums the squares scaled by
   2⁻⁸⁸, so the norm of a finite tree is finite and exact even when its square
   overflows float32 (norms above ~1.8e19, up to float32's maximum): it is inf
-  or NaN only for an inf or NaN element. Squares below float32's normal range
+  or NaN only for an inf or NaN element, or a norm above float32's maximum
+  (~3.4e38). Squares below float32's normal range
   (elements below ~1e-19) may add nothing, so norms below ~1e-18 may be
   rounded down or 0. The norm is differentiable: its gradient is
   ``x / ‖x‖``, also past 1.8e19 (NaN for an all-zero tree, where it is

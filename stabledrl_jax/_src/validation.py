@@ -56,6 +56,24 @@ def check_positive(name: str, value: Any, *, float32: bool = False) -> None:
           f"subnormal), got {value!r} (float32: {rounded!r}).")
 
 
+def check_threshold(name: str, value: Any) -> None:
+  """Checks a clipping threshold such as ``max_norm``.
+
+  A Python or NumPy number must be a finite, normal float32 number > 0
+  (:func:`check_positive`). A ``jax.Array`` is a value of the running program
+  (``optax.inject_hyperparams`` passes its hyperparameters and schedules as
+  arrays, jitted or not): only its shape and dtype are checked here, and the
+  transforms handle a value ≤ 0, NaN or inf when the step runs, eagerly and
+  under ``jit`` alike, with no host sync.
+  """
+  if not isinstance(value, jax.Array):
+    check_positive(name, value, float32=True)
+    return
+  if value.ndim != 0 or not jnp.issubdtype(value.dtype, jnp.number) or (
+      jnp.issubdtype(value.dtype, jnp.complexfloating)):
+    raise ValueError(f"{name} must be a real scalar, got {value!r}.")
+
+
 def concrete_array(value: Any) -> Optional[np.ndarray]:
   """``value`` as a NumPy array when it is known on this host, else None.
 
