@@ -93,6 +93,34 @@ def run_rule(tx, norms: np.ndarray, dim: int = 8):
   return np.array(passed), np.array(threshold), np.array(skipped)
 
 
+def print_details(trace: Trace, results, shift: int) -> None:
+  """The figures the docs quote beyond the table: how long ``z-score``
+  clips ordinary steps after the jump, how far above the level the quantile
+  threshold sits, and when ``skip`` skipped or let spikes through."""
+  steps = np.arange(trace.norms.size)
+  finite = np.isfinite(trace.norms)
+  passed, _, _ = results["z-score"]
+  ordinary = finite & ~trace.is_spike
+  scaled = ordinary & (passed < np.where(finite, trace.norms, 1.0) *
+                       (1 - 1e-6))
+  late = scaled & (steps >= shift)
+  print(f"z-score: {late.sum()} ordinary steps scaled down from step {shift}"
+        f" on, the last at step {steps[late].max() if late.any() else None}")
+  _, threshold, _ = results["quantile"]
+  ratio = threshold / trace.level
+  early = np.isfinite(ratio) & (steps < 90)
+  middle = np.isfinite(ratio) & (steps >= 90) & (steps < shift)
+  print(f"quantile threshold / level: median {np.median(ratio[early]):.2f} "
+        f"over steps 0-89; median {np.median(ratio[middle]):.2f}, max "
+        f"{ratio[middle].max():.2f} over steps 90-{shift - 1}")
+  passed, _, skipped = results["skip"]
+  after = skipped & (steps >= shift)
+  through = finite & trace.is_spike & (passed > 2.0 * trace.level)
+  print(f"skip: {after.sum()} skips from step {shift} on, "
+        f"{(after & (steps < shift + 80)).sum()} of them before step "
+        f"{shift + 80}; spikes through at steps {steps[through].tolist()}")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=600)
@@ -138,6 +166,7 @@ def main():
     print(f"{name:9s} {scaled_down.sum():8d} {skipped.sum():8d} "
           f"{kept[early].mean():11.3f} {kept[late].mean():17.3f} "
           f"{through.sum():15d}")
+  print_details(trace, results, shift)
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")

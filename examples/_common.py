@@ -135,9 +135,15 @@ def progress_fields(metrics: StepMetrics, steps: int) -> dict[str, str]:
           "clip_rate": f"{int(metrics.num_clipped) / steps:.2f}"}
 
 
-def summary(name: str, history: list[StepMetrics], max_norm: float,
-            seconds: float) -> str:
-  """One line: first/last loss, accuracy, norms, clip rate, time."""
+def clip_threshold(args: argparse.Namespace) -> Optional[float]:
+  """``--max-norm``, or None when ``--clip none`` uses no clip."""
+  return None if args.clip == "none" else args.max_norm
+
+
+def summary(name: str, history: list[StepMetrics],
+            max_norm: Optional[float], seconds: float) -> str:
+  """One line: first/last loss, accuracy, norms, clip rate, time (and the
+  clip's ``max_norm`` when there is one)."""
   first, last = history[0], history[-1]
   norms = [float(m.grad_norm) for m in history]
   clip_rate = int(last.num_clipped) / len(history)
@@ -145,7 +151,8 @@ def summary(name: str, history: list[StepMetrics], max_norm: float,
           f"{float(last.loss):.4f} accuracy={float(last.accuracy):.3f} "
           f"grad_norm median={sorted(norms)[len(norms) // 2]:.3f} "
           f"max={max(norms):.3f} clip_rate={clip_rate:.2f} "
-          f"(max_norm={max_norm:g}) time={seconds:.1f}s")
+          + ("" if max_norm is None else f"(max_norm={max_norm:g}) ")
+          + f"time={seconds:.1f}s")
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:

@@ -89,6 +89,7 @@ import dataclasses
 import json
 import multiprocessing
 import queue
+import tempfile
 import time
 from concurrent import futures
 from typing import Callable, Optional
@@ -297,10 +298,17 @@ def summarize(records: list, warm_reward: float) -> dict:
   return table
 
 
+# The committed study's directory, relative to the repository root.
+STUDY_DIR = "examples/results/dllm_rl"
+
+
 def parse_args(argv=None):
   """Command-line flags; defaults are the committed study."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", default="examples/results/dllm_rl")
+  parser.add_argument("--out", default=None,
+                      help=f"output directory (default: {STUDY_DIR}; with "
+                      "--quick, a new temporary directory, so that a smoke "
+                      "run never overwrites the committed study)")
   parser.add_argument("--quick", action="store_true",
                       help="a few steps, 1 seed per method (smoke run)")
   parser.add_argument("--seeds", type=int, default=5)
@@ -336,7 +344,11 @@ def parse_args(argv=None):
                       "table and exit (no training)")
   parser.add_argument("--workers", type=int, default=2,
                       help="worker processes (1 = run in this process)")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.out is None:
+    args.out = (tempfile.mkdtemp(prefix="dllm_rl_quick_") if args.quick
+                else STUDY_DIR)
+  return args
 
 
 def _table_row(name: str, runs: list, warm_reward: float, steps: int) -> str:

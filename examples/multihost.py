@@ -168,7 +168,7 @@ def run_worker(args: argparse.Namespace) -> None:
     if first:
       print(_common.summary(
           f"{SUMMARY_PREFIX}{args.clip}, {shape[0]} processes x {shape[1]} "
-          "devices]", history, args.max_norm, seconds) + " norm_check=ok",
+          "devices]", history, _common.clip_threshold(args), seconds) + " norm_check=ok",
             flush=True)
       if args.metrics_out:
         with open(args.metrics_out, "w") as f:

@@ -115,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> list[_common.StepMetrics]:
     bar.set_postfix(_common.progress_fields(metrics, i + 1), refresh=False)
   seconds = time.perf_counter() - start
   print(_common.summary(f"train_pmap[{args.clip}, {num_devices} devices]",
-                        history, args.max_norm, seconds))
+                        history, _common.clip_threshold(args), seconds))
   return history
 
 

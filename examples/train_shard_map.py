@@ -224,7 +224,7 @@ def main(argv: Optional[list[str]] = None) -> list[_common.StepMetrics]:
   history, seconds = train(args, mesh, show_progress=not args.no_progress)
   print(_common.summary(
       f"train_shard_map[{args.clip}, mesh {shape[0]}x{shape[1]}]", history,
-      args.max_norm, seconds) + " norm_check=ok")
+      _common.clip_threshold(args), seconds) + " norm_check=ok")
   return history
 
 

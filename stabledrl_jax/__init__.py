@@ -37,7 +37,7 @@ from stabledrl_jax._src.objectives import self_normalized_weights
 from stabledrl_jax._src.objectives import stabledrl_policy_loss
 from stabledrl_jax._src.objectives import value_loss
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = (
     "ClipState",

@@ -305,6 +305,15 @@ def test_bad_config_and_method_raise():
                 "--warm-steps", "0", "--workers", "1", "--out", "/nonexistent"])
 
 
+def test_quick_run_never_writes_into_the_committed_study():
+  assert study.parse_args([]).out == study.STUDY_DIR
+  out = pathlib.Path(study.parse_args(["--quick"]).out)
+  assert out.is_dir() and not any(out.iterdir())
+  assert out.resolve() != pathlib.Path(study.STUDY_DIR).resolve()
+  out.rmdir()
+  assert study.parse_args(["--quick", "--out", "x"]).out == "x"
+
+
 # ------------------------------------------------------------------ end to end
 
 

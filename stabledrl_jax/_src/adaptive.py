@@ -123,6 +123,7 @@ class ZScoreClipState(NamedTuple):
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import zscore_clip
     >>> tx = zscore_clip(warmup_steps=2)
     >>> state = tx.init({"w": jnp.zeros(1)})
     >>> for g in [1.0, 3.0]:
@@ -201,6 +202,7 @@ def zscore_clip(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import zscore_clip
     >>> tx = zscore_clip(warmup_steps=3)
     >>> state = tx.init(None)
     >>> for g in (1.0, 1.2, 0.8):  # warm-up: statistics only
@@ -301,6 +303,7 @@ class QuantileClipState(NamedTuple):
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import quantile_clip
     >>> tx = quantile_clip(history=4, min_history=1)
     >>> state = tx.init({"w": jnp.zeros(1)})
     >>> for g in [1.0, 2.0, 8.0]:
@@ -392,6 +395,7 @@ def quantile_clip(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import quantile_clip
     >>> tx = quantile_clip(quantile=0.5, history=4, min_history=3)
     >>> state = tx.init(None)
     >>> for g in (1.0, 3.0, 2.0):
@@ -475,6 +479,7 @@ class SkipSpikesState(NamedTuple):
 
   Examples:
     >>> import jax.numpy as jnp, optax
+    >>> from stabledrl_jax import skip_spikes
     >>> tx = skip_spikes(optax.sgd(1.0), max_norm=10.0)
     >>> state = tx.init({"w": jnp.zeros(1)})
     >>> out, state = tx.update({"w": jnp.array([50.0])}, state)
@@ -579,6 +584,7 @@ def skip_spikes(
 
   Examples:
     >>> import jax.numpy as jnp, optax
+    >>> from stabledrl_jax import skip_spikes
     >>> tx = skip_spikes(optax.sgd(0.1), max_norm=10.0)
     >>> params = {"w": jnp.array([1.0, 1.0])}
     >>> state = tx.init(params)

@@ -122,6 +122,7 @@ def group_advantages(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import group_advantages
     >>> r = jnp.array([1.0, 0.0, 0.0, 0.0, jnp.nan, 1.0])
     >>> a = group_advantages(r, group_size=3, scale="none")
     >>> [round(float(x), 3) for x in a]  # the NaN reward is left out
@@ -178,6 +179,7 @@ def rloo_advantages(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import rloo_advantages
     >>> a = rloo_advantages(jnp.array([1.0, 0.0, 0.0, 2.0]), group_size=4)
     >>> [round(float(x), 3) for x in a]  # e.g. 1 - (0 + 0 + 2) / 3
     [0.333, -1.0, -1.0, 1.667]
@@ -219,6 +221,7 @@ def gae_advantages(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import gae_advantages
     >>> gae_advantages(jnp.array([0.0, 1.0]), jnp.zeros(2), jnp.ones(2),
     ...                gamma=0.5, lam=1.0)  # discounted returns: 0.5, 1
     Array([0.5, 1. ], dtype=float32)

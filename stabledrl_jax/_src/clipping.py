@@ -57,6 +57,7 @@ class ClipState(NamedTuple):
 
   Examples:
     >>> import jax.numpy as jnp, optax
+    >>> from stabledrl_jax import unconditional_clip
     >>> tx = optax.chain(unconditional_clip(1.0), optax.sgd(0.1))
     >>> params = {"w": jnp.array([3.0, 4.0])}
     >>> _, opt_state = tx.update(params, tx.init(params), params)
@@ -245,6 +246,7 @@ def unconditional_clip(
 
   Examples:
     >>> import jax.numpy as jnp, optax
+    >>> from stabledrl_jax import unconditional_clip
     >>> tx = unconditional_clip(1.0)
     >>> grads = {"w": jnp.array([3.0, 4.0])}
     >>> clipped, state = tx.update(grads, tx.init(grads))
@@ -300,6 +302,7 @@ def conditional_clip(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import conditional_clip
     >>> tx = conditional_clip(10.0)
     >>> grads = {"w": jnp.array([3.0, 4.0])}
     >>> clipped, state = tx.update(grads, tx.init(grads))

@@ -66,6 +66,7 @@ class DiffusionMasks(NamedTuple):
 
   Examples:
     >>> import jax, jax.numpy as jnp
+    >>> from stabledrl_jax import sample_diffusion_masks
     >>> masks = sample_diffusion_masks(jax.random.key(0), jnp.ones((2, 5)), 4)
     >>> masks.masked.shape, masks.t.shape
     ((4, 2, 5), (4, 2))
@@ -118,6 +119,7 @@ def sample_diffusion_masks(
 
   Examples:
     >>> import jax, jax.numpy as jnp
+    >>> from stabledrl_jax import sample_diffusion_masks
     >>> completion = jnp.array([[0, 1, 1, 1, 0]])  # one prompt token, padding
     >>> masks = sample_diffusion_masks(jax.random.key(0), completion, 2,
     ...                                coupling="complementary")
@@ -225,6 +227,7 @@ def diffusion_elbo(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import DiffusionMasks, diffusion_elbo
     >>> logp = jnp.log(jnp.array([[[0.5, 0.25, 0.5]], [[0.5, 0.5, 0.5]]]))
     >>> masks = DiffusionMasks(
     ...     masked=jnp.array([[[True, True, False]], [[False, False, True]]]),
@@ -288,6 +291,7 @@ def diffusion_eubo(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import DiffusionMasks, diffusion_eubo
     >>> logp = jnp.log(jnp.array([[[0.25, 0.5]], [[0.25, 0.5]]]))
     >>> masks = DiffusionMasks(masked=jnp.array([[[True, False]],
     ...                                          [[True, True]]]),
@@ -357,6 +361,7 @@ def sandwich_logp(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import sandwich_logp
     >>> sandwich_logp(jnp.array([-2.0, -2.0]), jnp.array([-1.0, -1.0]),
     ...               jnp.array([1.0, -1.0]))
     Array([-2. , -1.5], dtype=float32)

@@ -192,7 +192,7 @@ def clip_metrics(opt_state: Any) -> dict[str, jax.Array]:
 
   Examples:
     >>> import jax.numpy as jnp, optax
-    >>> from stabledrl_jax import skip_spikes, unconditional_clip
+    >>> from stabledrl_jax import clip_metrics, skip_spikes, unconditional_clip
     >>> tx = optax.chain(unconditional_clip(1.0), optax.sgd(0.1))
     >>> params = {"w": jnp.array([3.0, 4.0])}
     >>> _, state = tx.update(params, tx.init(params), params)

@@ -39,6 +39,7 @@ class RunningStats(NamedTuple):
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import init_running_stats, update_running_stats
     >>> stats = update_running_stats(init_running_stats(),
     ...                              jnp.array([1.0, 2.0, 3.0]))
     >>> float(stats.count), float(stats.mean), round(float(stats.var), 4)
@@ -59,6 +60,7 @@ def init_running_stats(shape: tuple[int, ...] = ()) -> RunningStats:
     A :class:`RunningStats`.
 
   Examples:
+    >>> from stabledrl_jax import init_running_stats
     >>> s = init_running_stats()
     >>> float(s.count), float(s.mean), float(s.var)
     (0.0, 0.0, 1.0)
@@ -102,6 +104,7 @@ def update_running_stats(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import init_running_stats, update_running_stats
     >>> s = update_running_stats(init_running_stats(), jnp.array([1.0, 3.0]))
     >>> s = update_running_stats(s, jnp.array([5.0, jnp.nan]))
     >>> float(s.count), float(s.mean), round(float(s.var), 4)  # of 1, 3, 5
@@ -174,6 +177,8 @@ def normalize_rewards(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import (init_running_stats, normalize_rewards,
+    ...                            update_running_stats)
     >>> s = update_running_stats(init_running_stats(), jnp.array([1.0, 3.0]))
     >>> normalize_rewards(jnp.array([2.0, 4.0, 100.0]), s, clip=5.0)  # μ 2, σ 1
     Array([0., 2., 5.], dtype=float32)

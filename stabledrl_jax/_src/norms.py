@@ -554,6 +554,7 @@ def global_norm_squared(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import global_norm_squared
     >>> float(global_norm_squared({"a": jnp.ones(3), "b": jnp.ones(1)}))
     4.0
     >>> float(global_norm_squared([jnp.float32(2e19)]))  # norm 2e19 is finite
@@ -612,6 +613,7 @@ def global_norm(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import global_norm
     >>> float(global_norm({"w": jnp.full((2,), 3.0), "b": jnp.array([4.0])}))
     5.830951...
     >>> tree = [jnp.full((4,), 300.0, jnp.float16)]  # optax gives inf here

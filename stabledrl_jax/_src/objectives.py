@@ -102,6 +102,7 @@ def self_normalized_weights(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import self_normalized_weights
     >>> w = self_normalized_weights(jnp.log(jnp.array([1.0, 1.0, 100.0])))
     >>> [round(float(v), 4) for v in w]  # ratio 100 capped at 5: 1/7, 1/7, 5/7
     [0.1429, 0.1429, 0.7143]
@@ -199,6 +200,7 @@ def stabledrl_policy_loss(
 
   Examples:
     >>> import jax, jax.numpy as jnp
+    >>> from stabledrl_jax import stabledrl_policy_loss
     >>> seq_logp = jnp.array([-3.0, -2.0, -4.0, -1.0])
     >>> old = jnp.array([-3.0, -2.5, -4.0, -9.0])
     >>> adv = jnp.array([1.0, -1.0, 0.5, -0.5])
@@ -317,6 +319,7 @@ def aggregate_loss(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import aggregate_loss
     >>> v = jnp.array([[1.0, 3.0], [5.0, 0.0]])
     >>> m = jnp.array([[1, 1], [1, 0]])
     >>> float(aggregate_loss(v, m))  # (1 + 3 + 5) / 3
@@ -420,6 +423,7 @@ def grpo_policy_loss(
 
   Examples:
     >>> import jax, jax.numpy as jnp
+    >>> from stabledrl_jax import grpo_policy_loss
     >>> logp = jnp.log(jnp.array([[2.0, 1.0]]))  # ratios 2 and 1 (old = 0)
     >>> loss, m = grpo_policy_loss(logp, jnp.zeros((1, 2)), jnp.array([-1.0]),
     ...                            jnp.ones((1, 2)))
@@ -551,6 +555,7 @@ def value_loss(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import value_loss
     >>> v, old, ret = jnp.array([[3.0]]), jnp.array([[0.0]]), jnp.array([[4.0]])
     >>> float(value_loss(v, old, ret, jnp.ones((1, 1))))  # ½ (3 − 4)²
     0.5
@@ -605,6 +610,7 @@ def entropy_bonus(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import entropy_bonus
     >>> float(entropy_bonus(jnp.zeros((1, 1, 4)), jnp.ones((1, 1))))  # log 4
     1.386...
   """
@@ -656,6 +662,7 @@ def kl_penalty(
 
   Examples:
     >>> import jax.numpy as jnp
+    >>> from stabledrl_jax import kl_penalty
     >>> kl_penalty(jnp.array([0.0, 1.0]), jnp.array([0.0, 0.0]), kind="k2")
     Array([0. , 0.5], dtype=float32)
     >>> float(kl_penalty(jnp.array([-100.0]), jnp.array([0.0]))[0])
