@@ -90,7 +90,8 @@ def self_normalized_weights(
 
   Returns:
     ``[B]`` weights (float32 or wider), ≥ 0; the weights of each segment with
-    at least one valid entry sum to 1; a segment with none is all 0.
+    at least one valid entry with a log-ratio above -inf sum to 1; a segment
+    with none is all 0 (where the softmax is 0/0, it adds no gradient).
 
   Raises:
     ValueError: ``log_ratio`` is not 1-D; ``max_ratio`` is not finite and
