@@ -84,11 +84,14 @@ def test_fp16_tree_of_300s_does_not_overflow():
 
 @pytest.mark.slow
 def test_thousand_bf16_leaves_keep_their_mass():
-  tree = [jnp.ones((), jnp.bfloat16) for _ in range(1000)]
-  np.testing.assert_allclose(float(sdrl.global_norm_squared(tree)), 1000.0,
-                             rtol=5e-3)
-  np.testing.assert_allclose(float(sdrl.global_norm(tree)), np.sqrt(1000.0),
-                             rtol=5e-3)
+  # 1001 has more significant bits than bfloat16 holds: any sum across the
+  # leaves kept in bfloat16 (pairwise or chained) misses it.
+  tree = [jnp.ones((), jnp.bfloat16) for _ in range(1001)]
+  assert float(sdrl.global_norm_squared(tree)) == 1001.0
+  np.testing.assert_allclose(float(sdrl.global_norm(tree)), np.sqrt(1001.0),
+                             rtol=1e-7)
+  jitted = jax.jit(sdrl.global_norm_squared)(tree)
+  assert float(jitted) == 1001.0
 
 
 def test_global_norm_without_axes_adds_no_collective():
@@ -291,7 +294,11 @@ def test_nonfinite_step_is_zeroed_and_counted(clip, bad):
   assert not np.isfinite(float(state.global_norm))
   # The next finite step clips normally.
   out, state = update(good, state)
-  chex.assert_trees_all_close(out, np_clip(good, 1.0), rtol=1e-2)
+  expected = np_clip(good, 1.0)
+  np.testing.assert_allclose(out["w"], expected["w"], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(out["b"], np.float32),
+                             np.asarray(expected["b"], np.float32),
+                             rtol=8e-3)  # bfloat16 rounding
   assert int(state.num_nonfinite) == 1 and int(state.num_clipped) == 1
 
 

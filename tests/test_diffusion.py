@@ -252,10 +252,13 @@ def test_gradients_flow_through_masked_completion_tokens_only():
     chex.assert_tree_all_finite((value, grad))
     selected = masked & (completion[None] != 0)
     assert np.all(np.asarray(grad)[~selected] == 0)
-  # The masks and t carry no gradient (bool masks; t only scales).
-  assert jax.grad(lambda t_: jnp.sum(sdj.diffusion_eubo(
-      jnp.asarray(np.nan_to_num(token_logp), jnp.float32),
-      sdj.DiffusionMasks(masks.masked, t_), completion)))(masks.t).sum() == 0
+  # t carries no gradient: the inverse_t ELBO divides by it, and without a
+  # stop_gradient its gradient would be -Σ m logp / t² per sample.
+  finite_logp = jnp.asarray(np.nan_to_num(token_logp), jnp.float32)
+  grad_t = jax.grad(lambda t_: jnp.sum(sdj.diffusion_elbo(
+      finite_logp, sdj.DiffusionMasks(masks.masked, t_), completion,
+      weighting="inverse_t")))(masks.t)
+  np.testing.assert_array_equal(grad_t, np.zeros_like(grad_t))
 
 
 @pytest.mark.slow

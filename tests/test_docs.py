@@ -74,6 +74,10 @@ def python_programs():
   return programs
 
 
+def test_docs_hold_programs():
+  assert python_programs(), "no complete python block found in docs/"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("program", python_programs())
 def test_docs_program_runs(program):

@@ -6,13 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import orbax_resume_worker as worker  # (tests/ is on sys.path)
 import pytest
 
 import stabledrl_jax as sdrl
-
-pytest.importorskip("orbax.checkpoint", reason="orbax-checkpoint not installed")
-
-import orbax_resume_worker as worker  # noqa: E402  (tests/ is on sys.path)
 
 # Minutes on two cores (checkpoint, then resume in a fresh process): out of the quick loop.
 pytestmark = pytest.mark.slow

@@ -47,12 +47,16 @@ def tree_norm(tree):
 
 
 def run(tx, norms):
-  """Output-norm / input-norm ratio per step (nan for a zero input)."""
+  """Output-norm / input-norm ratio per step (nan for a zero input, whose
+  output must be exactly zero)."""
   update = jax.jit(tx.update)
   state = tx.init(grads_with_norm(1.0))
   kept, states = [], []
   for g in norms:
     out, state = update(grads_with_norm(g), state)
+    if g == 0:
+      for leaf in jax.tree.leaves(out):
+        np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
     kept.append(tree_norm(out) / g if g > 0 else np.nan)
     states.append(state)
   return np.array(kept), states

@@ -248,7 +248,9 @@ def diffusion_elbo(
     count = jnp.sum(selected, axis=-1).astype(total.dtype)
     per_sample = total / jnp.maximum(count, _TINY)
   else:
-    per_sample = safe_divide(total, jnp.asarray(masks[1]).astype(total.dtype))
+    # t is the sampled mask rate, not a function of the parameters.
+    t = jax.lax.stop_gradient(jnp.asarray(masks[1]).astype(total.dtype))
+    per_sample = safe_divide(total, t)
   return jnp.mean(per_sample, axis=0)
 
 
