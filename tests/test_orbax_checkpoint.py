@@ -42,8 +42,9 @@ def test_resume_in_fresh_process_is_bit_identical(tmp_path):
   for path, value in expected.items():  # bytes and dtype names
     np.testing.assert_array_equal(resumed[path], value, err_msg=path)
 
-  # The run exercises every state: spikes skipped and clipped, NaN steps
-  # zeroed, on both sides of the checkpoint.
+  # The run exercises every state: spikes skipped, steps clipped, NaN steps
+  # zeroed; skips, clip counts and Adam's moments on both sides of the
+  # checkpoint.
   m = {k: int(v) for k, v in sdrl.clip_metrics(opt_state).items()
        if v.dtype == np.int32}
   assert m["skip_spikes/num_nonfinite"] == len(worker.NAN_STEPS)
@@ -52,6 +53,15 @@ def test_resume_in_fresh_process_is_bit_identical(tmp_path):
   for kind in ("zscore_clip", "quantile_clip", "clip_0", "clip_1"):
     assert m[f"{kind}/num_clipped"] > 0, kind
   first = dict(np.load(tmp_path / "first.npz"))
+  counters = [p for p in expected if p.endswith("num_clipped")]
+  assert len(counters) == 4, counters
+  grown = 0
+  for path in counters:  # every clip's count is non-zero in the checkpoint
+    before = int(np.frombuffer(first[path].tobytes(), np.int32)[0])
+    after = int(np.frombuffer(expected[path].tobytes(), np.int32)[0])
+    assert 0 < before <= after, (path, before, after)
+    grown += after - before
+  assert grown > 0  # and the resumed run keeps clipping
   changed = [p for p in expected if not np.array_equal(first[p], expected[p])]
   assert any("num_skipped" in p for p in changed)
   assert any("inner_state" in p and "mu" in p for p in changed)
