@@ -215,8 +215,8 @@ def unconditional_clip(
   The scale is applied in float32 and the product cast to each leaf's dtype,
   so fp16/bf16 leaves are scaled as precisely as their dtype allows. Past a
   norm of 2¹²⁶·``max_norm`` (~8.5e37·``max_norm``) the scale is below
-  float32's normal range: flushed to 0 (XLA:CPU flushes subnormals, TPUs
-  have none), it makes the update all zeros (``scale`` 0 in the state).
+  float32's normal range and flushed to 0 (XLA:CPU flushes subnormals, TPUs
+  have none), so the update is all zeros (``scale`` 0 in the state).
 
   A ``max_norm`` given as an array (``optax.inject_hyperparams``, a
   schedule; eager or jitted) that is ≤ 0, NaN, inf or subnormal makes the
