@@ -62,7 +62,12 @@ clip, the conditional clip or optax's in front, and nineteen more of ours:
 * ``ours-shape-groups``: every hypot-reduced leaf of one shape and dtype
   (large matrices too) combined element by element with ``hypot`` and
   reduced once: one reduce and one norm per shape and dtype (eight in the
-  GPT trees, where the released form has one per leaf, 98).
+  GPT trees, where the released form has one per leaf, 98);
+* ``ours-complex``: the released paired reduces for small float32 matrices,
+  and for every other leaf the complex form of CUDA GPUs: one sum of
+  ``complex(x², (x·2⁻⁸⁸)²)``, so that the leaves combine with one complex
+  add each (XLA:TPU splits it into two float32 adds) and no other op on
+  scalars.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -114,7 +119,7 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-windowed-hypot-vectors", "ours-vector-sums",
             "ours-stacked-pairs", "ours-adjacent-hypot-vectors",
             "ours-interleaved-halves", "ours-shape-groups",
-            "ours-hypot-pair-reduces")
+            "ours-hypot-pair-reduces", "ours-complex")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -288,6 +293,12 @@ def _hypot_pair_reduces(leaves: list[jax.Array]) -> jax.Array:
       ns, lambda a, b: _stacked_norm([a, b])))
 
 
+def _complex_sums(leaves: list[jax.Array]) -> jax.Array:
+  """The released paired reduces for small float32 matrices, one complex
+  sum per other leaf."""
+  return _with_paired_matrices(leaves, norms._sums_of_complex)
+
+
 def _stacked(leaves: list[jax.Array]) -> jax.Array:
   """The leaves' norms stacked into one vector and reduced at once."""
   return _combined(leaves, _stacked_norm)
@@ -455,7 +466,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-adjacent-hypot-vectors": _adjacent_hypot_vectors,
           "ours-interleaved-halves": _interleaved_halves,
           "ours-shape-groups": _shape_groups,
-          "ours-hypot-pair-reduces": _hypot_pair_reduces}
+          "ours-hypot-pair-reduces": _hypot_pair_reduces,
+          "ours-complex": _complex_sums}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
