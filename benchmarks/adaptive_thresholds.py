@@ -20,9 +20,10 @@ to the optimizer. A table on stdout counts clipped/skipped steps, gives the
 mean fraction of the norm kept on ordinary (non-spike) steps, and counts the
 finite spikes passed on at more than twice the level.
 
-Run::
+Run (from the repository root; the committed output)::
 
-    python benchmarks/adaptive_thresholds.py
+    python benchmarks/adaptive_thresholds.py \
+        > benchmarks/results/adaptive_thresholds.txt
     python benchmarks/adaptive_thresholds.py --steps 800 --seed 1 \\
         --out /tmp/thresholds.png
 """
@@ -200,7 +201,7 @@ def main():
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   fig.savefig(args.out, dpi=110)
-  print(f"wrote {args.out}")
+  print(f"wrote {os.path.relpath(args.out)}")
 
 
 if __name__ == "__main__":

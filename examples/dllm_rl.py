@@ -346,8 +346,8 @@ def parse_args(argv=None):
                       help="worker processes (1 = run in this process)")
   args = parser.parse_args(argv)
   if args.out is None:
-    args.out = (tempfile.mkdtemp(prefix="dllm_rl_quick_") if args.quick
-                else STUDY_DIR)
+    runs = args.quick and not (args.replot or args.table)
+    args.out = tempfile.mkdtemp(prefix="dllm_rl_quick_") if runs else STUDY_DIR
   return args
 
 

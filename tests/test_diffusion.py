@@ -253,7 +253,7 @@ def test_gradients_flow_through_masked_completion_tokens_only():
     selected = masked & (completion[None] != 0)
     assert np.all(np.asarray(grad)[~selected] == 0)
   # t carries no gradient: the inverse_t ELBO divides by it, and without a
-  # stop_gradient its gradient would be -Σ m logp / t² per sample.
+  # stop_gradient its gradient would be -Σ m logp / (M t²) per sample.
   finite_logp = jnp.asarray(np.nan_to_num(token_logp), jnp.float32)
   grad_t = jax.grad(lambda t_: jnp.sum(sdj.diffusion_elbo(
       finite_logp, sdj.DiffusionMasks(masks.masked, t_), completion,

@@ -253,3 +253,13 @@ def test_multihost_launcher_fails_when_a_worker_fails(tmp_path):
   result = run_multihost(tmp_path, "--steps", "2", "--batch-size", "6")
   assert result.returncode != 0
   assert "exited with code 1" in result.stderr
+
+
+def test_summary_names_max_norm_only_with_a_clip():
+  history = [common.StepMetrics(np.float32(1.0), np.float32(0.5),
+                                np.float32(2.0), np.int32(1))]
+  def line(clip):
+    args = argparse.Namespace(clip=clip, max_norm=0.5)
+    return common.summary("run", history, common.clip_threshold(args), 1.0)
+  assert "(max_norm=0.5)" in line("unconditional")
+  assert "max_norm" not in line("none")

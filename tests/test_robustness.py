@@ -1,4 +1,4 @@
-"""Inputs real RL runs produce: zero and constant norms, bad traced thresholds,
+"""Inputs real RL runs produce: zero and constant norms, bad threshold arrays,
 low-precision leaves with tiny scales, partition_specs prefixes, MultiSteps.
 
 The expected values come from plain NumPy (float64) written here, or from
@@ -67,7 +67,7 @@ def noisy(n, level=1.0, spread=0.05, seed=0):
 
 
 # --------------------------------------------------------------------------
-# Item 1: zero and constant norms never lock an adaptive rule.
+# Zero and constant norms never lock an adaptive rule.
 
 ADAPTIVE = {
     "zscore_clip": lambda: sdrl.zscore_clip(),
@@ -150,7 +150,7 @@ def test_skip_spikes_identical_window_does_not_skip_a_small_rise():
 
 
 # --------------------------------------------------------------------------
-# Item 2: a traced threshold that is <= 0, NaN or inf zeroes the step.
+# A threshold array that is <= 0, NaN or inf zeroes the step.
 
 BAD_THRESHOLDS = [0.0, -1.0, -2.98e-8, np.nan, np.inf, -np.inf, 1e-40]
 
@@ -234,7 +234,7 @@ def test_no_nan_is_ever_computed_for_a_zero_gradient(name):
 
 
 # --------------------------------------------------------------------------
-# Item 4: the scale is applied in float32, then cast to the leaf's dtype.
+# The scale is applied in float32, then cast to the leaf's dtype.
 
 LOW = [jnp.float16, jnp.bfloat16]
 
@@ -317,7 +317,7 @@ def test_clip_of_random_low_precision_trees_matches_float64(
 
 
 # --------------------------------------------------------------------------
-# Item 7: MultiSteps with a NaN micro-batch; skip_spikes given a factory.
+# MultiSteps with a NaN micro-batch; skip_spikes given a factory.
 
 
 def _multi_steps_run(**kwargs):

@@ -23,7 +23,7 @@ A non-finite norm (NaN/inf) never enters the statistics: it zeroes the step
 (like ``nonfinite="zero"`` in :func:`stabledrl_jax.unconditional_clip`), is
 counted in ``num_nonfinite``, and leaves the running moments, history and
 window exactly as they were. A ``max_norm`` given as an array that is ≤ 0,
-NaN or inf is handled the same way.
+NaN, inf or subnormal is handled the same way.
 
 A norm of exactly 0 (all-equal rewards give zero advantages and zero
 gradients) carries no information about the scale of the gradients: the step
@@ -119,7 +119,7 @@ class ZScoreClipState(NamedTuple):
       ``global_norm * scale`` (0 for a non-finite step).
     num_clipped: int32 number of steps that were scaled down.
     num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
-      ``max_norm`` given as an array was ≤ 0, NaN or inf).
+      ``max_norm`` given as an array was ≤ 0, NaN, inf or subnormal).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -167,13 +167,13 @@ def zscore_clip(
     ``μ ← αμ + (1−α)g̃``, ``σ² ← ασ² + (1−α)(g̃ − μ_new)²``.
 
   Only finite, non-zero norms are recorded. A non-finite ``g`` (or a
-  ``max_norm`` given as an array that is ≤ 0, NaN or inf) gives all-zero
-  updates, is counted in ``num_nonfinite`` and leaves μ, σ² and ``count``
-  unchanged. A zero ``g`` passes unchanged and leaves them unchanged too:
-  zero-gradient steps (e.g. groups whose completions all got the same reward)
-  neither start nor end the warm-up, and cannot pull μ to 0. The floor on σ
-  keeps a run of identical norms (σ² = 0) from clipping every larger norm to
-  exactly μ forever: the clipped norms then exceed μ, so μ and σ² keep
+  ``max_norm`` given as an array that is ≤ 0, NaN, inf or subnormal) gives
+  all-zero updates, is counted in ``num_nonfinite`` and leaves μ, σ² and
+  ``count`` unchanged. A zero ``g`` passes unchanged and leaves them unchanged
+  too: zero-gradient steps (e.g. groups whose completions all got the same
+  reward) neither start nor end the warm-up, and cannot pull μ to 0. The floor
+  on σ keeps a run of identical norms (σ² = 0) from clipping every larger norm
+  to exactly μ forever: the clipped norms then exceed μ, so μ and σ² keep
   moving.
   ``warmup_steps=0`` behaves as 1: the statistics start from the first
   recorded norm, which is never z-clipped.
@@ -198,7 +198,8 @@ def zscore_clip(
   Raises:
     ValueError: ``alpha`` outside (0, 1); ``z_thresh`` ≤ 0 or not finite;
       ``warmup_steps`` negative or not an integer; ``max_norm`` a number
-      ≤ 0, NaN or inf; both ``axis_name`` and ``partition_specs`` given.
+      ≤ 0, NaN, inf or subnormal, or an array that is not a real scalar;
+      both ``axis_name`` and ``partition_specs`` given.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -299,7 +300,7 @@ class QuantileClipState(NamedTuple):
       step).
     num_clipped: int32 number of steps that were scaled down.
     num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
-      ``max_norm`` given as an array was ≤ 0, NaN or inf).
+      ``max_norm`` given as an array was ≤ 0, NaN, inf or subnormal).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -361,12 +362,11 @@ def quantile_clip(
   the transform jits, checkpoints and runs under ``shard_map``; each step
   sorts it once (O(history log history)).
 
-  Only finite, non-zero norms are recorded. A non-finite norm (or a
-  ``max_norm`` given as an array that is ≤ 0, NaN or inf) gives all-zero
-  updates, is counted in ``num_nonfinite`` and is not recorded. A zero norm
-  passes unchanged and is not recorded either: zero-gradient steps would
-  otherwise fill the history with zeros and make a low quantile 0, zeroing
-  every update until
+  Only finite, non-zero norms are recorded. A non-finite norm (or a ``max_norm``
+  given as an array that is ≤ 0, NaN, inf or subnormal) gives all-zero updates,
+  is counted in ``num_nonfinite`` and is not recorded. A zero norm passes
+  unchanged and is not recorded either: zero-gradient steps would otherwise fill
+  the history with zeros and make a low quantile 0, zeroing every update until
   ``history`` later norms had pushed them out. Every recorded norm is > 0, so
   the threshold is > 0.
 
@@ -390,8 +390,8 @@ def quantile_clip(
   Raises:
     ValueError: ``quantile`` outside (0, 1]; ``history`` or ``min_history``
       below 1 or not integers; ``min_history > history``; ``max_norm`` a
-      number ≤ 0, NaN or inf; both ``axis_name`` and ``partition_specs``
-      given.
+      number ≤ 0, NaN, inf or subnormal, or an array that is not a real
+      scalar; both ``axis_name`` and ``partition_specs`` given.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -473,7 +473,7 @@ class SkipSpikesState(NamedTuple):
     skipped: bool, whether the last step was skipped.
     num_skipped: int32 number of skipped steps.
     num_nonfinite: int32 number of steps whose norm was NaN or inf (or whose
-      ``max_norm`` given as an array was ≤ 0, NaN or inf).
+      ``max_norm`` given as an array was ≤ 0, NaN, inf or subnormal).
     consecutive_skips: int32 number of skips in a row up to the last step
       (0 after a step is taken).
 
@@ -549,7 +549,7 @@ def skip_spikes(
   training. Non-finite steps are always skipped: applying them would write
   NaN into the parameters and the inner state for good. They do count
   towards the run of consecutive skips. A step whose ``max_norm`` given as an
-  array is ≤ 0, NaN or inf is handled as a non-finite one.
+  array is ≤ 0, NaN, inf or subnormal is handled as a non-finite one.
 
   Args:
     inner: the optax transformation to protect, e.g. ``optax.adamw(1e-4)``
@@ -577,10 +577,11 @@ def skip_spikes(
   Raises:
     TypeError: ``inner`` is not a transformation (e.g. the factory
       ``optax.adamw`` instead of ``optax.adamw(1e-3)``).
-    ValueError: ``max_norm`` a number ≤ 0, NaN or inf; ``z_thresh`` ≤ 0 or
-      not finite; ``window``, ``min_history`` or ``max_consecutive`` below 1 or
-      not integers; ``min_history > window``; both ``axis_name`` and
-      ``partition_specs`` given.
+    ValueError: ``max_norm`` a number ≤ 0, NaN, inf or subnormal, or an array
+      that is not a real scalar; ``z_thresh`` ≤ 0 or not finite; ``window``,
+      ``min_history`` or ``max_consecutive`` below 1 or not integers;
+      ``min_history > window``; both ``axis_name`` and ``partition_specs``
+      given.
 
   Examples:
     >>> import jax.numpy as jnp, optax
@@ -636,7 +637,7 @@ def skip_spikes(
   def update_fn(updates, state, params=None, **extra_args):
     norm = norms.global_norm(
         updates, axis_name=axis_name, partition_specs=partition_specs)
-    # A traced max_norm that is not a usable threshold counts as non-finite.
+    # A max_norm array that is not a usable threshold counts as non-finite.
     valid, ceiling = _ceiling(max_norm)
     ok = jnp.isfinite(norm) & valid
     spike = (~ok) | (norm > ceiling)

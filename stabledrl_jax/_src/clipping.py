@@ -53,7 +53,7 @@ class ClipState(NamedTuple):
       an array was unusable).
     num_clipped: int32 number of steps whose norm exceeded ``max_norm``.
     num_nonfinite: int32 number of steps whose norm was NaN or inf, or whose
-      ``max_norm`` given as an array was ≤ 0, NaN or inf.
+      ``max_norm`` given as an array was ≤ 0, NaN, inf or subnormal.
 
   Examples:
     >>> import jax.numpy as jnp, optax
@@ -94,14 +94,13 @@ def usable_threshold(max_norm: Optional[Scalar],
                      placeholder: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Checks a (possibly traced) ``max_norm``; returns ``(valid, threshold)``.
 
-  ``valid`` is True for a finite, normal float32 number > 0 and False for
-  ≤ 0, NaN, inf and subnormals (flushed to 0 on CPU and GPU). A schedule that
-  reaches 0 is caught here: ``optax.linear_schedule(1, 0, 3)`` ends at
-  -2.98e-8, which would flip the update's sign. ``threshold`` is ``max_norm``
-  as float32 where valid and ``placeholder`` elsewhere, so that no division by
-  a zero, negative or NaN threshold is ever computed; callers zero the step
-  where ``valid`` is False. ``None`` (no ceiling) is valid, with threshold
-  +inf.
+  ``valid`` is True for a finite, normal float32 number > 0 and False for ≤ 0,
+  NaN, inf and subnormals (flushed to 0 on CPU; TPUs have none). A schedule that
+  reaches 0 is caught here: ``optax.linear_schedule(1, 0, 3)`` ends at -2.98e-8,
+  which would flip the update's sign. ``threshold`` is ``max_norm`` as float32
+  where valid and ``placeholder`` elsewhere, so that no division by a zero,
+  negative or NaN threshold is ever computed; callers zero the step where
+  ``valid`` is False. ``None`` (no ceiling) is valid, with threshold +inf.
   """
   if max_norm is None:
     return jnp.asarray(True), jnp.asarray(jnp.inf, jnp.float32)
@@ -240,7 +239,8 @@ def unconditional_clip(
     An ``optax.GradientTransformation`` whose state is a :class:`ClipState`.
 
   Raises:
-    ValueError: ``max_norm`` is a Python or NumPy number ≤ 0, NaN or inf;
+    ValueError: ``max_norm`` is a Python or NumPy number ≤ 0, NaN, inf or
+      subnormal, or an array that is not a real scalar;
       ``nonfinite`` is unknown; both ``axis_name`` and ``partition_specs`` are
       given; ``partition_specs`` does not match the updates (at update time).
 

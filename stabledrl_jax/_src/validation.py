@@ -1,9 +1,10 @@
 """Argument checks shared by the transforms and losses.
 
 Each check raises ``ValueError`` naming the argument and the value it got, at
-construction time, for values known on the host. Traced values (for example a
-``max_norm`` injected by ``optax.inject_hyperparams`` inside ``jax.jit``) are
-accepted as they are: they cannot be inspected without a host sync.
+construction time, for values known on the host. Traced values (inside
+``jax.jit``) are accepted as they are: they cannot be inspected without a host
+sync. A clipping threshold given as a JAX array, traced or not, is a value of
+the running step (:func:`check_threshold`).
 """
 
 import math
@@ -39,7 +40,7 @@ def check_positive(name: str, value: Any, *, float32: bool = False) -> None:
   With ``float32=True`` the value must be a finite, normal float32 number
   (``>= 1.18e-38``), the precision the clipping transforms compute in:
   ``1e39`` rounds to inf, and subnormals such as ``1e-40`` are flushed to
-  zero on CPU and GPU, which would turn ``0 / 0`` into NaN.
+  zero on CPU (TPUs have none), which would turn ``0 / 0`` into NaN.
   """
   number = concrete_scalar(name, value)
   if number is None:
