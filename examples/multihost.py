@@ -168,8 +168,8 @@ def run_worker(args: argparse.Namespace) -> None:
     if first:
       print(_common.summary(
           f"{SUMMARY_PREFIX}{args.clip}, {shape[0]} processes x {shape[1]} "
-          "devices]", history, _common.clip_threshold(args), seconds) + " norm_check=ok",
-            flush=True)
+          "devices]", history, _common.clip_threshold(args), seconds)
+          + " norm_check=ok", flush=True)
       if args.metrics_out:
         with open(args.metrics_out, "w") as f:
           json.dump({name: [float(getattr(m, name)) for m in history]

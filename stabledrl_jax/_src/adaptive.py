@@ -82,8 +82,8 @@ def _check_max_norm(max_norm: Optional[Scalar]) -> None:
 def _ceiling(max_norm: Optional[Scalar]) -> tuple[jax.Array, jax.Array]:
   """``(valid, ceiling)``: ``max_norm`` as float32, +inf when None or invalid.
 
-  An invalid ``max_norm`` given as an array (≤ 0, NaN, inf) zeroes the step;
-  the +inf placeholder keeps it out of every division and comparison.
+  An invalid ``max_norm`` given as an array (≤ 0, NaN, inf, subnormal) zeroes
+  the step; the +inf placeholder keeps it out of every division and comparison.
   """
   return clipping.usable_threshold(max_norm, placeholder=jnp.inf)
 

@@ -16,6 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _check_real_scalar(name: str, value: Any, ndim: int, dtype: Any) -> None:
+  """Raises unless ``ndim`` and ``dtype`` (``value``'s) are a real scalar's."""
+  # jnp.issubdtype knows bfloat16 and the other ml_dtypes.
+  if ndim != 0 or not jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(
+      dtype, jnp.complexfloating):
+    raise ValueError(f"{name} must be a real scalar, got {value!r}.")
+
+
 def concrete_scalar(name: str, value: Any) -> Optional[float]:
   """Returns ``value`` as a Python float, or None when it is traced.
 
@@ -28,9 +36,7 @@ def concrete_scalar(name: str, value: Any) -> Optional[float]:
     array = np.asarray(value)
   except (TypeError, jax.errors.ConcretizationTypeError):
     return None
-  if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or (
-      np.iscomplexobj(array)):
-    raise ValueError(f"{name} must be a real scalar, got {value!r}.")
+  _check_real_scalar(name, value, array.ndim, array.dtype)
   return float(array)
 
 
@@ -64,15 +70,13 @@ def check_threshold(name: str, value: Any) -> None:
   (:func:`check_positive`). A ``jax.Array`` is a value of the running program
   (``optax.inject_hyperparams`` passes its hyperparameters and schedules as
   arrays, jitted or not): only its shape and dtype are checked here, and the
-  transforms handle a value ≤ 0, NaN or inf when the step runs, eagerly and
+  transforms handle a value ≤ 0, NaN, inf or subnormal when the step runs, eagerly and
   under ``jit`` alike, with no host sync.
   """
-  if not isinstance(value, jax.Array):
+  if isinstance(value, jax.Array):
+    _check_real_scalar(name, value, value.ndim, value.dtype)
+  else:
     check_positive(name, value, float32=True)
-    return
-  if value.ndim != 0 or not jnp.issubdtype(value.dtype, jnp.number) or (
-      jnp.issubdtype(value.dtype, jnp.complexfloating)):
-    raise ValueError(f"{name} must be a real scalar, got {value!r}.")
 
 
 def concrete_array(value: Any) -> Optional[np.ndarray]:
