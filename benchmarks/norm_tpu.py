@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and twenty more of ours:
+clip, the conditional clip or optax's in front, and twenty-one more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -67,7 +67,11 @@ clip, the conditional clip or optax's in front, and twenty more of ours:
   and for every other leaf the complex form of CUDA GPUs: one sum of
   ``complex(x², (x·2⁻⁸⁸)²)``, so that the leaves combine with one complex
   add each (XLA:TPU splits it into two float32 adds) and no other op on
-  scalars.
+  scalars;
+* ``ours-ordered``: the same complex sums added as a linear chain in which
+  each leaf's reduce waits for the running total
+  (``lax.optimization_barrier`` on the leaf and the total), so that no two
+  leaves' partial sums are alive at once whatever the scheduler prefers.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -119,7 +123,7 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-windowed-hypot-vectors", "ours-vector-sums",
             "ours-stacked-pairs", "ours-adjacent-hypot-vectors",
             "ours-interleaved-halves", "ours-shape-groups",
-            "ours-hypot-pair-reduces", "ours-complex")
+            "ours-hypot-pair-reduces", "ours-complex", "ours-ordered")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -299,6 +303,18 @@ def _complex_sums(leaves: list[jax.Array]) -> jax.Array:
   return _with_paired_matrices(leaves, norms._sums_of_complex)
 
 
+def _ordered_complex_sums(leaves: list[jax.Array]) -> jax.Array:
+  """The complex sums of :func:`_complex_sums`, chained in leaf order, each
+  leaf's reduce made to wait for the running total."""
+  def sums_of(rest: list[jax.Array]) -> jax.Array:
+    total = norms._complex_sums(rest[0])
+    for x in rest[1:]:
+      x, total = jax.lax.optimization_barrier((x, total))
+      total = total + norms._complex_sums(x)
+    return jnp.stack([jnp.real(total), jnp.imag(total)]).astype(jnp.float32)
+  return _with_paired_matrices(leaves, sums_of)
+
+
 def _stacked(leaves: list[jax.Array]) -> jax.Array:
   """The leaves' norms stacked into one vector and reduced at once."""
   return _combined(leaves, _stacked_norm)
@@ -467,7 +483,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-interleaved-halves": _interleaved_halves,
           "ours-shape-groups": _shape_groups,
           "ours-hypot-pair-reduces": _hypot_pair_reduces,
-          "ours-complex": _complex_sums}
+          "ours-complex": _complex_sums,
+          "ours-ordered": _ordered_complex_sums}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:
