@@ -13,7 +13,7 @@ fraction of the gradient bytes. Trees: ``gpt`` (the float32 GPT-shaped tree of
 ``small`` (1000 small float32 matrices of mixed shapes), ``small-square``
 (1000 float32 matrices of 64x64) and ``small-vectors`` (1000 small float32
 vectors). Variants: AdamW alone, with our
-clip, the conditional clip or optax's in front, and twenty-one more of ours:
+clip, the conditional clip or optax's in front, and twenty-two more of ours:
 
 * ``ours-propagate``: ``nonfinite="propagate"`` (no per-element select for
   non-finite steps; the norm is the released one);
@@ -71,7 +71,10 @@ clip, the conditional clip or optax's in front, and twenty-one more of ours:
 * ``ours-ordered``: the same complex sums added as a linear chain in which
   each leaf's reduce waits for the running total
   (``lax.optimization_barrier`` on the leaf and the total), so that no two
-  leaves' partial sums are alive at once whatever the scheduler prefers.
+  leaves' partial sums are alive at once whatever the scheduler prefers;
+* ``ours-written-norms``: the released reduces, each leaf's norm written
+  into its own element of one float32 vector (an in-place update per
+  leaf, no scalar op), the vector then combined by one ``hypot`` reduce.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
@@ -123,7 +126,8 @@ VARIANTS = ("adamw", "ours", "conditional", "optax", "ours-propagate",
             "ours-windowed-hypot-vectors", "ours-vector-sums",
             "ours-stacked-pairs", "ours-adjacent-hypot-vectors",
             "ours-interleaved-halves", "ours-shape-groups",
-            "ours-hypot-pair-reduces", "ours-complex", "ours-ordered")
+            "ours-hypot-pair-reduces", "ours-complex", "ours-ordered",
+            "ours-written-norms")
 
 
 def gpt_shapes(width: int = 512, vocab: int = 50304,
@@ -315,6 +319,18 @@ def _ordered_complex_sums(leaves: list[jax.Array]) -> jax.Array:
   return _with_paired_matrices(leaves, sums_of)
 
 
+def _written_norms(leaves: list[jax.Array]) -> jax.Array:
+  """The leaves' norms written one by one into a float32 vector, which one
+  ``hypot`` reduce then combines."""
+  def combine(ns: list[jax.Array]) -> jax.Array:
+    vector = jnp.zeros((len(ns),), jnp.float32)
+    for i, n in enumerate(ns):
+      vector = vector.at[i].set(n)
+    return jax.lax.reduce(vector, jnp.zeros((), jnp.float32), norms._hypot,
+                          (0,))
+  return _combined(leaves, combine)
+
+
 def _stacked(leaves: list[jax.Array]) -> jax.Array:
   """The leaves' norms stacked into one vector and reduced at once."""
   return _combined(leaves, _stacked_norm)
@@ -484,7 +500,8 @@ _FORMS = {"ours-variadic-f32": _variadic_for_float32,
           "ours-shape-groups": _shape_groups,
           "ours-hypot-pair-reduces": _hypot_pair_reduces,
           "ours-complex": _complex_sums,
-          "ours-ordered": _ordered_complex_sums}
+          "ours-ordered": _ordered_complex_sums,
+          "ours-written-norms": _written_norms}
 
 
 def make_optimizer(variant: str) -> optax.GradientTransformation:

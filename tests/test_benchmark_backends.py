@@ -372,7 +372,7 @@ def test_norm_tpu_reference_forms_give_the_norm():
           norm_tpu._stacked_pairs, norm_tpu._adjacent_hypot_vectors,
           norm_tpu._interleaved_halves, norm_tpu._shape_groups,
           norm_tpu._hypot_pair_reduces, norm_tpu._complex_sums,
-          norm_tpu._ordered_complex_sums)
+          norm_tpu._ordered_complex_sums, norm_tpu._written_norms)
   for form in safe + (norm_tpu._plain_for_float32,):
     np.testing.assert_allclose(norm(form, leaves), expected(leaves), rtol=1e-5)
   huge = [x * 1e20 for x in leaves[:7]]
