@@ -74,7 +74,8 @@ clip, the conditional clip or optax's in front, and twenty-two more of ours:
   leaves' partial sums are alive at once whatever the scheduler prefers;
 * ``ours-written-norms``: the released reduces, each leaf's norm written
   into its own element of one float32 vector (an in-place update per
-  leaf, no scalar op), the vector then combined by one ``hypot`` reduce.
+  leaf in place of its ops on scalars), the vector then combined by one
+  ``hypot`` reduce.
 
 Two more columns: the peak memory above AdamW alone's, as a fraction of the
 gradient bytes (it counts on-chip memory on some generations), and the entry
